@@ -1,0 +1,102 @@
+"""Audit sinks: each lock is recorded before it is deleted, so it can be restored.
+
+- S3AuditSink: one JSON object per reaped lock, ``s3://bucket/prefix/...``.
+- LocalDirAuditSink: the same JSON in a local directory (the CLI and the demo).
+- TeeAuditSink: write to several; every write must succeed.
+If a write fails, the engine does not delete.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+AUDIT_SCHEMA = 1
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:150] or "lock"
+
+
+def record_name(record: dict[str, Any]) -> str:
+    """Relative object name: <date>/<run id>/<store>/<path>-<lock id>.json"""
+    day = str(record.get("recorded_at", ""))[:10] or "undated"
+    return "/".join(
+        [
+            day,
+            _slug(str(record.get("run_id", "run"))),
+            _slug(str(record.get("store", "store"))),
+            f"{_slug(str(record.get('lock_path', '')))}-{_slug(str(record.get('lock_id', '')))}.json",
+        ]
+    )
+
+
+class S3AuditSink:
+    def __init__(self, client: Any, bucket: str, prefix: str = "lock-reaper/audit/"):
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+    def write(self, record: dict[str, Any]) -> str:
+        key = self.prefix + record_name(record)
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=key,
+            Body=json.dumps(record, indent=2, sort_keys=True).encode("utf-8"),
+            ContentType="application/json",
+        )
+        return f"s3://{self.bucket}/{key}"
+
+    def read(self, ref: str) -> dict[str, Any]:
+        m = re.match(r"^s3://([^/]+)/(.+)$", ref)
+        bucket, key = (m.group(1), m.group(2)) if m else (self.bucket, ref)
+        body = self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return json.loads(body)
+
+
+class LocalDirAuditSink:
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def write(self, record: dict[str, Any]) -> str:
+        path = self.directory / record_name(record)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
+        tmp.replace(path)
+        return str(path)
+
+    def read(self, ref: str) -> dict[str, Any]:
+        path = Path(ref)
+        if not path.is_absolute() and not path.exists():
+            path = self.directory / ref
+        return json.loads(path.read_text(encoding="utf-8"))
+
+
+class TeeAuditSink:
+    def __init__(self, *sinks: Any):
+        self.sinks = sinks
+
+    def write(self, record: dict[str, Any]) -> str:
+        refs = [s.write(record) for s in self.sinks]
+        return refs[0]
+
+    def read(self, ref: str) -> dict[str, Any]:
+        sink = next((s for s in self.sinks if isinstance(s, S3AuditSink)), None) if ref.startswith("s3://") else None
+        if sink is None:
+            sink = next((s for s in self.sinks if isinstance(s, LocalDirAuditSink)), self.sinks[0])
+        return sink.read(ref)
+
+
+def validate_record(record: Any) -> dict[str, Any]:
+    """Check an audit record read back for restore; raise ValueError naming what is wrong."""
+    if not isinstance(record, dict):
+        raise ValueError("audit record is not a JSON object")
+    if record.get("schema") != AUDIT_SCHEMA:
+        raise ValueError(f"audit record schema {record.get('schema')!r} is not supported (expected {AUDIT_SCHEMA})")
+    for field in ("store", "lock_path", "item", "restorable"):
+        if field not in record:
+            raise ValueError(f"audit record has no {field!r}")
+    return record

@@ -1,0 +1,139 @@
+"""Command line: ``python -m reaper {scan,reap,restore,validate}``.
+
+Exit codes: 0 success, 1 a lock, store or alert errored (or restore refused),
+2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .config import ConfigError, Policy, load_policy
+
+EXIT_OK, EXIT_ERRORS, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m reaper", description="Find and safely remove stale Terraform state locks.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, json_flag: bool = True) -> None:
+        sp.add_argument("--config", required=True, metavar="FILE", help="policy file (YAML)")
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+        sp.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+    sp = sub.add_parser("scan", help="list every lock with its age and decision; never deletes, sends no alerts")
+    common(sp)
+    sp = sub.add_parser("reap", help="one cycle; deletes only in enforce mode")
+    common(sp)
+    sp.add_argument("--enforce", action="store_true", help="delete stale locks in this run, whatever the policy's mode")
+    sp = sub.add_parser("restore", help="put a reaped lock back from its audit record (never overwrites a lock)")
+    common(sp)
+    sp.add_argument("audit_ref", metavar="AUDIT_REF", help="s3://bucket/key or a local audit file path")
+    sp = sub.add_parser("validate", help="check the policy file and print it normalised")
+    common(sp)
+    return p
+
+
+def main(argv: Sequence[str] | None = None, *, build: Callable[..., Any] | None = None, out=None, err=None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=err,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        policy = load_policy(args.config, env=os.environ)
+    except ConfigError as exc:
+        print(f"error: invalid policy {exc.source}:", file=err)
+        for problem in exc.problems:
+            print(f"  {problem}", file=err)
+        return EXIT_CONFIG
+
+    if args.command == "validate":
+        return _validate(policy, args, out)
+    if args.command == "restore":
+        return _restore(policy, args, out, err, build)
+    return _cycle(policy, args, out, err, build)
+
+
+def _progress(args: argparse.Namespace, err) -> Callable[[str], None] | None:
+    if args.quiet:
+        return None
+    return lambda msg: print(msg, file=err, flush=True)
+
+
+def _cycle(policy: Policy, args: argparse.Namespace, out, err, build) -> int:
+    from .wiring import build_reaper
+
+    build = build or build_reaper
+    reaper = build(policy, progress=_progress(args, err))
+    if args.command == "scan":
+        reaper.alerts = []  # scan is read-only and silent
+        mode = "report"
+    else:
+        mode = "enforce" if args.enforce else policy.mode
+    report = reaper.run(mode=mode)
+    if args.json:
+        print(report.to_json(), file=out)
+    else:
+        print(report.render_table(), file=out)
+    return EXIT_ERRORS if report.exit_code else EXIT_OK
+
+
+def _validate(policy: Policy, args: argparse.Namespace, out) -> int:
+    doc = policy.model_dump(mode="json")
+    if args.json:
+        print(json.dumps(doc, indent=2), file=out)
+    else:
+        print(f"{args.config}: OK — mode {policy.mode}, {len(policy.stores)} store(s), {len(policy.rules)} rule(s)", file=out)
+    return EXIT_OK
+
+
+def _restore(policy: Policy, args: argparse.Namespace, out, err, build) -> int:
+    from .audit import validate_record
+    from .ports import RestoreConflict
+    from .wiring import build_audit, build_stores
+
+    result: dict[str, Any] = {"audit_ref": args.audit_ref}
+    try:
+        audit = build_audit(policy)
+        if audit is None:
+            if args.audit_ref.startswith("s3://"):
+                from .audit import S3AuditSink
+                from .wiring import _client
+
+                audit = S3AuditSink(_client("s3"), bucket="")
+            else:
+                from .audit import LocalDirAuditSink
+
+                audit = LocalDirAuditSink(".")
+        record = validate_record(audit.read(args.audit_ref))
+        result.update(store=record["store"], lock_path=record["lock_path"], lock_id=record.get("lock_id"))
+        if not record.get("restorable"):
+            raise ValueError(f"the audit record says this lock cannot be re-created: {record.get('restore_note', 'not restorable')}")
+        stores = {s.name: s for s in build_stores(policy)}
+        store = stores.get(record["store"])
+        if store is None:
+            raise ValueError(f"store {record['store']!r} from the audit record is not in the policy's stores ({', '.join(stores) or 'none'})")
+        result["message"] = store.restore(record["item"])
+        result["status"] = "restored"
+        code = EXIT_OK
+    except RestoreConflict as exc:
+        result.update(status="refused", message=str(exc))
+        code = EXIT_ERRORS
+    except Exception as exc:  # unreadable record, AWS errors: say so, lose nothing
+        result.update(status="error", message=f"{type(exc).__name__}: {exc}")
+        code = EXIT_ERRORS
+    if args.json:
+        print(json.dumps(result, indent=2), file=out)
+    else:
+        print(f"{result['status']}: {result['message']}", file=out if code == EXIT_OK else err)
+    return code

@@ -1,0 +1,1 @@
+"""Liveness checkers behind the LivenessChecker port (reaper.ports)."""

@@ -1,0 +1,186 @@
+"""Domain models: what a lock is, what we know about its holder, what we decided.
+
+Nothing here does I/O or imports boto3.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Terraform writes Created with time.Now().UTC() in RFC 3339 with 0..9 fractional
+# digits. Python's datetime keeps microseconds, so extra digits are truncated.
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$"
+)
+
+DIGEST_SUFFIX = "-md5"
+
+
+def parse_created(value: str) -> datetime:
+    """Parse Terraform's ``Created`` (RFC 3339, up to nanoseconds) into an aware UTC datetime."""
+    m = _RFC3339.match(value)
+    if not m:
+        raise ValueError(f"Created {value[:64]!r} is not an RFC 3339 timestamp")
+    year, month, day, hour, minute, second, frac, tz = m.groups()
+    micro = int((frac or "0").ljust(6, "0")[:6])
+    if tz in ("Z", "z"):
+        tzinfo = timezone.utc
+    else:
+        sign = 1 if tz[0] == "+" else -1
+        hh, mm = int(tz[1:3]), int(tz[4:6])
+        tzinfo = timezone(sign * timedelta(hours=hh, minutes=mm))
+    dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tzinfo)
+    return dt.astimezone(timezone.utc)
+
+
+class LockInfo(BaseModel):
+    """Terraform's LockInfo JSON (statemgr.LockInfo), as stored in ``Info``."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+    ID: str = Field(min_length=1, max_length=256)
+    Operation: str = Field(default="", max_length=256)  # unknown operations are accepted
+    Info: str = ""
+    Who: str = Field(min_length=1, max_length=1024)
+    Version: str = Field(default="", max_length=256)
+    Created: datetime
+    Path: str = Field(min_length=1, max_length=2048)
+
+    @field_validator("Created", mode="before")
+    @classmethod
+    def _created(cls, v: Any) -> datetime:
+        if not isinstance(v, str):
+            raise ValueError(f"Created must be a string, got {type(v).__name__}")
+        return parse_created(v)
+
+    @classmethod
+    def parse(cls, raw: str) -> "LockInfo":
+        """Parse the raw Info string; raises ValueError with a short reason."""
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ValueError(f"Info is not valid JSON ({exc.__class__.__name__}: {str(exc)[:80]})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"Info is JSON {type(data).__name__}, expected an object")
+        try:
+            return cls.model_validate(data)
+        except Exception as exc:  # pydantic.ValidationError
+            errors = getattr(exc, "errors", None)
+            if callable(errors):
+                parts = [f"{'.'.join(str(p) for p in e['loc']) or 'Info'}: {e['msg']}" for e in errors()[:4]]
+                raise ValueError("Info fields invalid: " + "; ".join(parts)) from None
+            raise ValueError(f"Info invalid: {exc}") from None
+
+
+class LockRecord(BaseModel):
+    """One lock as found in a store, with the exact token its conditional delete needs.
+
+    ``info`` is None when the Info could not be parsed; ``parse_error`` says why.
+    ``raw`` is the original item, JSON-serialisable, as the audit record keeps it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    store: str  # e.g. "dynamodb:terraform-locks"
+    key: str  # the store's own key (DynamoDB LockID, S3 object key, ...)
+    lock_path: str  # what Info.Path must equal ("<bucket>/<state key>")
+    token: str  # DynamoDB: raw Info string; S3: ETag
+    raw: dict[str, Any]
+    info: LockInfo | None = None
+    parse_error: str | None = None
+
+    @property
+    def lock_id(self) -> str:
+        return self.info.ID if self.info else ""
+
+
+class Liveness(str, Enum):
+    ALIVE = "alive"
+    DEAD = "dead"
+    UNKNOWN = "unknown"
+
+
+class Evidence(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    source: str  # which checker, e.g. "github", "state-activity"
+    detail: str
+    url: str | None = None
+    status: str | None = None
+    at: datetime | None = None
+
+
+class LivenessFact(BaseModel):
+    """What the checkers proved about a lock's holder."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: Liveness
+    reason: str
+    evidence: tuple[Evidence, ...] = ()
+    checkers: tuple[str, ...] = ()
+
+    @classmethod
+    def unknown(cls, reason: str, checkers: tuple[str, ...] = ()) -> "LivenessFact":
+        return cls(state=Liveness.UNKNOWN, reason=reason, checkers=checkers)
+
+
+class Action(str, Enum):
+    KEEP = "keep"
+    REAP = "reap"
+
+
+class Flag(str, Enum):
+    """Conditions worth alerting on, independent of keep/reap."""
+
+    UNPARSEABLE = "unparseable"
+    FUTURE_CREATED = "future_created"
+    PATH_MISMATCH = "path_mismatch"
+    ALIVE_PAST_HARD_MAX = "alive_past_hard_max"
+    STALE = "stale"  # past max_age
+    KEPT_UNKNOWN = "kept_unknown"  # a candidate kept because liveness is unknown
+    NO_RULE = "no_rule"
+    EXCLUDED = "excluded"
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    action: Action
+    reasons: tuple[str, ...]
+    rule: str | None = None
+    age_seconds: float | None = None
+    needs_liveness: bool = False
+    flags: frozenset[Flag] = frozenset()
+
+
+class Outcome(str, Enum):
+    KEPT = "kept"
+    WOULD_REAP = "would_reap"
+    REAPED = "reaped"
+    RACED = "raced"
+    GONE = "gone"
+    ERROR = "error"
+
+
+class DeleteStatus(str, Enum):
+    DELETED = "deleted"
+    RACED = "raced"
+    GONE = "gone"
+
+
+class DeleteResult(BaseModel):
+    """Result of a conditional delete. RACED and GONE are normal outcomes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: DeleteStatus
+    detail: str = ""
+    current_id: str | None = None
+    current_who: str | None = None

@@ -1,0 +1,1 @@
+"""Lock stores behind the LockStore port (reaper.ports)."""

@@ -1,0 +1,211 @@
+"""Terraform S3-backend DynamoDB lock tables.
+
+- ``validate`` checks the key schema (``LockID`` string hash key, no sort key).
+- ``scan`` streams a paginated, projected scan; digests are filtered out on the
+  server and only counted (ScannedCount - Count). Optional parallel segments.
+- ``delete`` is conditional on the exact Info string that was scanned, and uses
+  ReturnValuesOnConditionCheckFailure=ALL_OLD to name the new holder on a race.
+- ``restore`` writes with ``attribute_not_exists(LockID)``.
+
+The boto3 client is passed in (use ``make_client`` for adaptive retries).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from ..models import DeleteResult, DeleteStatus, LockInfo, LockRecord
+from ..ports import RestoreConflict, StoreError
+from .dynamo_items import from_jsonable, item_to_record
+
+_NAMES = {"#id": "LockID", "#info": "Info", "#digest": "Digest"}
+_PROJECTION = "#id, #info, #digest"
+# Digests (Digest and no Info) are dropped server-side; bad items without either still come back.
+_FILTER = "attribute_exists(#info) OR attribute_not_exists(#digest)"
+
+
+def _code(exc: Exception) -> str:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "") if hasattr(exc, "response") else ""
+
+
+def _holder(item: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    if not item:
+        return None, None
+    info = item.get("Info", {})
+    raw = info.get("S") if isinstance(info, dict) else None
+    if raw is None:
+        return None, None
+    try:
+        li = LockInfo.parse(raw)
+        return li.ID, li.Who
+    except ValueError:
+        return "(unparseable)", None
+
+
+class DynamoDBLockStore:
+    def __init__(self, client: Any, table: str, segments: int = 1, page_size: int | None = None):
+        self.client = client
+        self.table = table
+        self.segments = max(1, segments)
+        self.page_size = page_size
+        self.name = f"dynamodb:{table}"
+        self._stats = {"items": 0, "digests": 0, "pages": 0}
+
+    # -- port -------------------------------------------------------------
+    def validate(self) -> None:
+        try:
+            desc = self.client.describe_table(TableName=self.table)["Table"]
+        except Exception as exc:  # botocore ClientError / EndpointConnectionError
+            code = _code(exc)
+            if code == "ResourceNotFoundException":
+                raise StoreError(f"table {self.table!r} does not exist (check the name and region)") from None
+            raise StoreError(f"cannot describe table {self.table!r}: {code or type(exc).__name__}: {exc}") from None
+        schema = [(k["AttributeName"], k["KeyType"]) for k in desc.get("KeySchema", [])]
+        types = {a["AttributeName"]: a["AttributeType"] for a in desc.get("AttributeDefinitions", [])}
+        if schema != [("LockID", "HASH")] or types.get("LockID") != "S":
+            found = ", ".join(f"{n} ({t}, {types.get(n, '?')})" for n, t in schema) or "unknown"
+            raise StoreError(
+                f"table {self.table!r} is not a Terraform lock table: its key is {found}; "
+                "expected exactly one hash key LockID of type S and no sort key"
+            )
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    def scan(self) -> Iterator[LockRecord]:
+        self._stats = {"items": 0, "digests": 0, "pages": 0}
+        pages = self._pages(0, 1) if self.segments == 1 else self._parallel_pages()
+        for page in pages:
+            scanned = page.get("ScannedCount", 0)
+            items = page.get("Items", [])
+            self._stats["pages"] += 1
+            self._stats["items"] += scanned
+            self._stats["digests"] += scanned - len(items)
+            for item in items:
+                rec = item_to_record(self.name, item)
+                if rec is None:  # a digest that passed the filter (e.g. "-md5" key, no Digest)
+                    self._stats["digests"] += 1
+                    continue
+                yield rec
+
+    def delete(self, lock: LockRecord) -> DeleteResult:
+        if lock.info is None or not lock.token:
+            raise ValueError("refusing to delete a lock that was not parsed")
+        try:
+            self.client.delete_item(
+                TableName=self.table,
+                Key={"LockID": {"S": lock.key}},
+                ConditionExpression="#info = :seen",
+                ExpressionAttributeNames={"#info": "Info"},
+                ExpressionAttributeValues={":seen": {"S": lock.token}},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except Exception as exc:
+            if _code(exc) != "ConditionalCheckFailedException":
+                raise
+            current = getattr(exc, "response", {}).get("Item")
+            if not current:
+                return DeleteResult(status=DeleteStatus.GONE, detail="the lock was already released")
+            cid, cwho = _holder(current)
+            return DeleteResult(
+                status=DeleteStatus.RACED,
+                detail=f"raced: a new lock {cid} by {cwho or '?'} holds it now",
+                current_id=cid,
+                current_who=cwho,
+            )
+        return DeleteResult(status=DeleteStatus.DELETED, detail="deleted (condition Info = seen)")
+
+    def restore(self, raw: dict[str, Any]) -> str:
+        item = from_jsonable(raw)
+        if "LockID" not in item or "Info" not in item:
+            raise ValueError("the audit record's item has no LockID/Info: nothing to restore")
+        try:
+            self.client.put_item(
+                TableName=self.table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(LockID)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except Exception as exc:
+            if _code(exc) != "ConditionalCheckFailedException":
+                raise
+            cid, cwho = _holder(getattr(exc, "response", {}).get("Item"))
+            raise RestoreConflict(
+                f"{item['LockID']['S']} is locked again (lock {cid} by {cwho or '?'}): not overwritten"
+            ) from None
+        return f"restored {item['LockID']['S']} into {self.table}"
+
+    # -- scanning ---------------------------------------------------------
+    def _pages(self, segment: int, total: int) -> Iterator[dict[str, Any]]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "ProjectionExpression": _PROJECTION,
+            "FilterExpression": _FILTER,
+            "ExpressionAttributeNames": _NAMES,
+        }
+        if total > 1:
+            kwargs.update(Segment=segment, TotalSegments=total)
+        if self.page_size:
+            kwargs["Limit"] = self.page_size
+        try:
+            for page in self.client.get_paginator("scan").paginate(**kwargs):
+                yield page
+        except Exception as exc:
+            code = _code(exc)
+            raise StoreError(f"scan of {self.table!r} failed: {code or type(exc).__name__}: {exc}") from None
+
+    def _parallel_pages(self) -> Iterator[dict[str, Any]]:
+        """Scan segments in threads; a small bounded queue keeps memory flat."""
+        q: queue.Queue[Any] = queue.Queue(maxsize=self.segments * 2)
+        done = object()
+        stop = threading.Event()
+
+        def put(msg: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(msg, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def worker(seg: int) -> None:
+            try:
+                for page in self._pages(seg, self.segments):
+                    if not put(page):
+                        return
+            except Exception as exc:  # forwarded to the consumer
+                put(exc)
+            finally:
+                put(done)
+
+        threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in range(self.segments)]
+        for t in threads:
+            t.start()
+        finished = 0
+        error: Exception | None = None
+        try:
+            while finished < self.segments:
+                msg = q.get()
+                if msg is done:
+                    finished += 1
+                elif isinstance(msg, Exception):
+                    error = error or msg
+                else:
+                    yield msg
+        finally:
+            stop.set()
+        if error is not None:
+            raise error
+
+
+def make_client(region: str | None = None, session: Any = None) -> Any:
+    """A DynamoDB client with adaptive retries (throttling) and bounded timeouts."""
+    import boto3
+    from botocore.config import Config
+
+    cfg = Config(retries={"mode": "adaptive", "max_attempts": 8}, connect_timeout=5, read_timeout=20)
+    return (session or boto3).client("dynamodb", region_name=region, config=cfg)
