@@ -21,14 +21,16 @@ DETAIL_TYPE_REAPED = "Terraform Lock Reaped"
 
 
 def needs_sns(report: RunReport) -> bool:
-    return bool(report.count(Outcome.REAPED) or report.count(Outcome.RACED) or report.summary.cap_hit)
+    return bool(report.count(Outcome.REAPED) or report.count(Outcome.RACED) or report.summary.cap_hit
+                or report.summary.double_lock_partial)
 
 
 def sns_message(report: RunReport) -> tuple[str, str]:
     """(subject, body) for the per-run SNS message; the body stays under SNS's limit."""
     s = report.summary
     subject = (
-        f"Lock Reaper: {report.count(Outcome.REAPED)} reaped, {report.count(Outcome.RACED)} raced"
+        ("Lock Reaper: STATE STILL LOCKED (double lock half released), " if s.double_lock_partial else "Lock Reaper: ")
+        + f"{report.count(Outcome.REAPED)} reaped, {report.count(Outcome.RACED)} raced"
         + (", delete cap hit" if s.cap_hit else "")
     )[:100]
     text = report.render_text_summary()
@@ -95,12 +97,15 @@ class MetricsAlertSink:
 
     name = "metrics"
 
-    def __init__(self, metrics: Any):
+    def __init__(self, metrics: Any, namespace: str | None = None):
         self.metrics = metrics
+        self.namespace = namespace  # the policy's alerts.metrics.namespace; None keeps the object's own
 
     def publish(self, report: RunReport) -> str | None:
         from aws_lambda_powertools.metrics import MetricUnit
 
+        if self.namespace:
+            self.metrics.namespace = self.namespace
         for name, value in report.metric_values().items():
             self.metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
         if report.duration_seconds is not None:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m reaper {scan,reap,restore,validate}``.
+"""Command line: ``python -m reaper {scan,reap,restore,validate,explain,claim}``.
 
 Exit codes: 0 success, 1 a lock, store or alert errored (or restore refused),
 2 bad configuration or usage.
@@ -40,6 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("audit_ref", metavar="AUDIT_REF", help="s3://bucket/key or a local audit file path")
     sp = sub.add_parser("validate", help="check the policy file and print it normalised")
     common(sp)
+    sp = sub.add_parser("explain", help="the full chain for one lock: rule, age, liveness evidence, decision")
+    common(sp)
+    sp.add_argument("lock_path", metavar="LOCK_PATH", help="the lock's path (<bucket>/<state key>) or store key")
+    sp.add_argument("--check-anyway", action="store_true", help="ask the liveness checkers even if the lock is not a candidate")
+    from .liveness import claim_cli
+
+    sp = sub.add_parser("claim", help="in a CI job, before terraform: record which run will hold this machine's locks")
+    claim_cli.add_arguments(sp)
     return p
 
 
@@ -49,6 +57,10 @@ def main(argv: Sequence[str] | None = None, *, build: Callable[..., Any] | None 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=err,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "claim":  # runs in CI jobs: needs no policy file
+        from .liveness import claim_cli
+
+        return claim_cli.run(args, out, err)
     try:
         policy = load_policy(args.config, env=os.environ)
     except ConfigError as exc:
@@ -61,6 +73,8 @@ def main(argv: Sequence[str] | None = None, *, build: Callable[..., Any] | None 
         return _validate(policy, args, out)
     if args.command == "restore":
         return _restore(policy, args, out, err, build)
+    if args.command == "explain":
+        return _explain(policy, args, out, err)
     return _cycle(policy, args, out, err, build)
 
 
@@ -74,7 +88,13 @@ def _cycle(policy: Policy, args: argparse.Namespace, out, err, build) -> int:
     from .wiring import build_reaper
 
     build = build or build_reaper
-    reaper = build(policy, progress=_progress(args, err))
+    try:
+        reaper = build(policy, progress=_progress(args, err))
+    except Exception as exc:  # e.g. botocore NoRegionError: a setup problem, not a traceback
+        print(f"error: cannot set up the run: {type(exc).__name__}: {exc}", file=err)
+        if "region" in str(exc).lower():
+            print("  set AWS_REGION (or AWS_DEFAULT_REGION), or `region:` on the store in the policy", file=err)
+        return EXIT_CONFIG
     if args.command == "scan":
         reaper.alerts = []  # scan is read-only and silent
         mode = "report"
@@ -104,7 +124,14 @@ def _restore(policy: Policy, args: argparse.Namespace, out, err, build) -> int:
 
     result: dict[str, Any] = {"audit_ref": args.audit_ref}
     try:
-        audit = build_audit(policy)
+        from pathlib import Path
+
+        if not args.audit_ref.startswith("s3://") and Path(args.audit_ref).is_file():
+            from .audit import LocalDirAuditSink
+
+            audit = LocalDirAuditSink(Path(args.audit_ref).parent)  # a local record, whatever the policy's sinks
+        else:
+            audit = build_audit(policy)
         if audit is None:
             if args.audit_ref.startswith("s3://"):
                 from .audit import S3AuditSink
@@ -137,3 +164,27 @@ def _restore(policy: Policy, args: argparse.Namespace, out, err, build) -> int:
     else:
         print(f"{result['status']}: {result['message']}", file=out if code == EXIT_OK else err)
     return code
+
+
+def _explain(policy: Policy, args: argparse.Namespace, out, err) -> int:
+    from .liveness.explain import explain_lock, find_locks, render, to_json
+    from .wiring import build_liveness, build_stores, utc_now
+
+    try:
+        stores = build_stores(policy)
+        liveness = build_liveness(policy)
+    except Exception as exc:
+        print(f"error: cannot set up: {type(exc).__name__}: {exc}", file=err)
+        return EXIT_CONFIG
+    locks, errors = find_locks(stores, args.lock_path)
+    for e in errors:
+        print(f"warning: store {e}", file=err)
+    if not locks:
+        print(f"no lock with path or key {args.lock_path!r} in {', '.join(s.name for s in stores) or 'no store'}", file=err)
+        return EXIT_ERRORS
+    docs = [explain_lock(lock, policy, liveness, utc_now(), check_anyway=args.check_anyway) for lock in locks]
+    if args.json:
+        print(to_json(docs), file=out)
+    else:
+        print("\n\n".join(render(d) for d in docs), file=out)
+    return EXIT_ERRORS if errors else EXIT_OK

@@ -21,11 +21,12 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from .durations import format_duration, parse_duration
+from .liveness.settings import LivenessConfig, RuleLiveness, check_rule_mappings
 
 
 def _to_timedelta(v: Any) -> Any:
@@ -68,7 +69,83 @@ class DynamoDBStoreConfig(_Strict):
         return f"dynamodb:{self.table}"
 
 
-StoreConfig = DynamoDBStoreConfig
+class S3StoreConfig(_Strict):
+    """Terraform's S3 native lock files (``use_lockfile = true``): ``<state key>.tflock`` objects."""
+
+    type: Literal["s3"]
+    bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+    prefixes: Annotated[list[str], BeforeValidator(_as_list)] = Field(
+        default_factory=lambda: [""], min_length=1, description="key prefixes to list, e.g. env:/ or prod/"
+    )
+    region: str | None = None
+    page_size: int | None = Field(default=None, ge=1, le=1000)
+
+    @property
+    def name(self) -> str:
+        return f"s3:{self.bucket}"
+
+
+def _host(url: str) -> str:
+    return url.split("://", 1)[-1].split("/", 1)[0]
+
+
+class _HTTPStoreConfig(_Strict):
+    """Shared by the HTTP-API stores: where, how to authenticate, how long to wait."""
+
+    base_url: str = Field(pattern=r"^https?://[A-Za-z0-9.\[\]:-]+(/[^\s?#]*)?$")
+    token_secret: str | None = Field(default=None, min_length=1, description="Secrets Manager secret name or ARN")
+    token_env: str | None = Field(default=None, min_length=1, validate_default=True,
+                                  description="environment variable holding the token (local runs)")
+    timeout: Duration = timedelta(seconds=10)
+    max_retries: int = Field(default=2, ge=0, le=5, description="retries after HTTP 429, honouring Retry-After")
+    max_retry_wait: Duration = timedelta(seconds=30)
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_trailing_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @field_validator("token_env")
+    @classmethod
+    def _one_token_source(cls, v: str | None, info: ValidationInfo) -> str | None:
+        secret = info.data.get("token_secret")
+        if v and secret:
+            raise ValueError("set token_secret or token_env, not both")
+        if not v and not secret:
+            raise ValueError("set token_secret (a Secrets Manager secret name or ARN holding the API token) or token_env")
+        return v
+
+    @property
+    def name(self) -> str:
+        return f"{self.type}:{_host(self.base_url)}"  # type: ignore[attr-defined]
+
+
+class HCPStoreConfig(_HTTPStoreConfig):
+    """HCP Terraform / Terraform Enterprise workspace locks of the listed organizations."""
+
+    type: Literal["hcp"]
+    base_url: str = Field(default="https://app.terraform.io", pattern=r"^https?://[A-Za-z0-9.\[\]:-]+(/[^\s?#]*)?$")
+    organizations: list[Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")]] = Field(min_length=1)
+    grace: Duration = Field(default=timedelta(minutes=10),
+                            description="a run must have finished this long ago before its lock counts as dead")
+    page_size: int = Field(default=100, ge=1, le=100)
+
+
+class GitLabStateStoreConfig(_HTTPStoreConfig):
+    """GitLab-managed Terraform state (HTTP backend) of the listed projects."""
+
+    type: Literal["gitlab"]
+    base_url: str = Field(default="https://gitlab.com", pattern=r"^https?://[A-Za-z0-9.\[\]:-]+(/[^\s?#]*)?$")
+    projects: list[Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")]] = Field(min_length=1)
+    read_lock_id: bool = Field(default=True, description="learn each lock's ID with POST .../lock (see docs/stores.md)")
+    page_size: int = Field(default=100, ge=1, le=100)
+
+
+StoreConfig = Annotated[
+    DynamoDBStoreConfig | S3StoreConfig | HCPStoreConfig | GitLabStateStoreConfig,
+    Field(discriminator="type"),
+]
+STORE_TYPES = ("dynamodb", "s3", "hcp", "gitlab")
 
 
 class Rule(_Strict):
@@ -79,15 +156,18 @@ class Rule(_Strict):
     operations: list[str] | None = None
     max_age: Duration
     hard_max_age: Duration | None = None
+    liveness: RuleLiveness | None = None  # repos/projects whose CI alone takes these locks
 
-    @model_validator(mode="after")
-    def _hard_after_max(self) -> "Rule":
-        if self.hard_max_age is not None and self.hard_max_age < self.max_age:
+    @field_validator("hard_max_age")
+    @classmethod
+    def _hard_after_max(cls, v: timedelta | None, info: ValidationInfo) -> timedelta | None:
+        # a field validator (not a model one), so the error names rules[i].hard_max_age and its line
+        max_age = info.data.get("max_age")
+        if v is not None and max_age is not None and v < max_age:
             raise ValueError(
-                f"hard_max_age ({format_duration(self.hard_max_age)}) must not be shorter "
-                f"than max_age ({format_duration(self.max_age)})"
+                f"hard_max_age ({format_duration(v)}) must not be shorter than max_age ({format_duration(max_age)})"
             )
-        return self
+        return v
 
     @property
     def label(self) -> str:
@@ -131,8 +211,15 @@ class Policy(_Strict):
     stores: list[StoreConfig] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
     exclude: Globs = Field(default_factory=list)
-    audit: AuditConfig = AuditConfig()
+    audit: AuditConfig = Field(default_factory=AuditConfig, validate_default=True)
     alerts: AlertsConfig = AlertsConfig()
+    liveness: LivenessConfig = LivenessConfig()
+
+    @field_validator("liveness")
+    @classmethod
+    def _rule_mappings(cls, v: LivenessConfig, info: ValidationInfo) -> LivenessConfig:
+        check_rule_mappings(info.data.get("rules") or [], v)
+        return v
 
     @field_validator("stores")
     @classmethod
@@ -144,11 +231,15 @@ class Policy(_Strict):
             seen.add(s.name)
         return v
 
-    @model_validator(mode="after")
-    def _enforce_needs_audit(self) -> "Policy":
-        if self.mode == "enforce" and not self.audit.enabled:
-            raise ValueError("mode 'enforce' needs an audit sink: set audit.s3_bucket or audit.local_dir")
-        return self
+    @field_validator("audit")
+    @classmethod
+    def _enforce_needs_audit(cls, v: AuditConfig, info: ValidationInfo) -> AuditConfig:
+        # on the field (validated after mode), so the error names "audit" and its line
+        if info.data.get("mode") == "enforce" and not v.enabled:
+            raise ValueError(
+                "mode 'enforce' needs an audit sink: set audit.s3_bucket (or REAPER_AUDIT_BUCKET) or audit.local_dir"
+            )
+        return v
 
     def rule_for(self, lock_path: str, operation: str | None) -> Rule | None:
         for rule in self.rules:
@@ -179,6 +270,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "REAPER_SNS_TOPIC_ARN": ("alerts", "sns_topic_arn"),
     "REAPER_EVENT_BUS": ("alerts", "event_bus"),
     "REAPER_METRICS_NAMESPACE": ("alerts", "metrics", "namespace"),
+    "REAPER_CLAIMS_TABLE": ("liveness", "claims", "table"),
 }
 
 
@@ -236,7 +328,12 @@ def _message(err: Mapping[str, Any]) -> str:
     if err.get("type") == "extra_forbidden":
         msg = "unknown field (check the spelling)"
     if err.get("type") == "union_tag_invalid":
-        msg = f"unknown store type {err.get('input', {}).get('type')!r}" if isinstance(err.get("input"), dict) else msg
+        msg = (f"unknown store type {err.get('input', {}).get('type')!r} (expected one of {', '.join(STORE_TYPES)})"
+               if isinstance(err.get("input"), dict) else msg)
+    if err.get("type") == "union_tag_not_found":
+        msg = f"missing 'type' (one of {', '.join(STORE_TYPES)})"
+    if err.get("type") == "literal_error" and isinstance(err.get("input"), (str, int, float, bool)):
+        msg += f", got {err['input']!r}"
     return msg
 
 
@@ -254,9 +351,11 @@ def parse_policy(text: str, source: str = "<policy>", env: Mapping[str, str] | N
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, [f"line 1: the policy must be a mapping, got {type(data).__name__}"])
+    from_env: dict[tuple[str, ...], str] = {}
     for var, path in ENV_OVERRIDES.items():
         value = (env or {}).get(var)
         if value:
+            from_env[path] = var
             target = data
             for key in path[:-1]:
                 nxt = target.get(key)
@@ -272,7 +371,9 @@ def parse_policy(text: str, source: str = "<policy>", env: Mapping[str, str] | N
         for err in exc.errors():
             shown, line = _locate(root, tuple(err["loc"]))
             where = f"line {line}: " if line else ""
-            problems.append(f"{where}{_format_loc(shown)}: {_message(err)}")
+            var = from_env.get(tuple(str(p) for p in err["loc"]))
+            note = f" (value from the environment variable {var})" if var else ""
+            problems.append(f"{where}{_format_loc(shown)}: {_message(err)}{note}")
         raise ConfigError(source, problems) from None
 
 

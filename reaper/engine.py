@@ -8,6 +8,12 @@ The engine wires ports together and owns the order of effects:
 5. the conditional delete (raced / gone are normal outcomes);
 6. alerts after the run (a failed alert is reported, never undoes a delete).
 One bad item or one failing store never stops the run.
+
+Double locking (reaper/pairing.py): stores with ``pair_first`` (S3 lock files)
+are scanned first and only indexed; a lock from another store with the same
+lock path and lock ID joins the indexed one as ONE candidate with two delete
+targets (decided once, audited per copy, deleted lock file first). Unpaired
+indexed locks are decided after the other stores.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from typing import Any, Literal
 from .audit import AUDIT_SCHEMA
 from .config import Policy
 from .decision import decide
-from .models import Action, DeleteStatus, LivenessFact, LockRecord, Outcome
+from .models import Action, DeleteResult, DeleteStatus, Flag, LivenessFact, LockRecord, Outcome
+from .pairing import PairIndex, Target
 from .ports import AlertSink, AuditSink, Clock, LivenessChecker, LockStore
-from .report import AlertResult, EvidenceOut, LockEntry, RunReport, StoreReport
+from .report import AlertResult, EvidenceOut, LockEntry, RunReport, StoreReport, TargetOut
 
 log = logging.getLogger("reaper")
 
@@ -71,8 +78,20 @@ class Reaper:
             max_deletes_per_run=self.policy.max_deletes_per_run,
         )
         state = {"deletes": 0}
+        pairs = PairIndex()
+        first = [s for s in self.stores if getattr(s, "pair_first", False)]
+        done: dict[int, StoreReport] = {}
+        for store in first:  # lock files: indexed now, decided with their partner or after the others
+            done[id(store)] = self._run_store(store, mode, report, state, pairs, index_only=True)
         for store in self.stores:
-            report.stores.append(self._run_store(store, mode, report, state))
+            if id(store) not in done:
+                done[id(store)] = self._run_store(store, mode, report, state, pairs)
+        for target in pairs.leftovers():
+            report.locks.append(self._safe_process([target], mode, report, state))
+        report.stores.extend(done[id(s)] for s in self.stores)
+        stats = getattr(self.liveness, "stats", None)
+        if callable(stats):
+            report.liveness_api_calls = stats()
         report.finalize(self.clock(), started)
         self._alert(report)
         return report
@@ -83,19 +102,20 @@ class Reaper:
         if self.progress:
             self.progress(msg)
 
-    def _run_store(self, store: LockStore, mode: str, report: RunReport, state: dict[str, int]) -> StoreReport:
+    def _run_store(self, store: LockStore, mode: str, report: RunReport, state: dict[str, int],
+                   pairs: PairIndex | None = None, index_only: bool = False) -> StoreReport:
         sr = StoreReport(name=store.name)
         try:
             store.validate()
             self._say(f"{store.name}: scanning")
             for lock in store.scan():
-                try:
-                    entry = self._process(store, lock, mode, report, state)
-                except Exception as exc:  # never crash the run over one item
-                    log.exception("unexpected error on %s", lock.key)
-                    entry = _entry(lock, None, None, Outcome.ERROR, [f"internal error: {type(exc).__name__}: {exc}"])
-                report.locks.append(entry)
                 sr.locks += 1
+                if index_only and pairs is not None:
+                    pairs.add(store, lock)
+                    continue
+                partner = pairs.claim(lock) if pairs is not None else None
+                targets = [partner, Target(store, lock)] if partner is not None else [Target(store, lock)]
+                report.locks.append(self._safe_process(targets, mode, report, state))
                 st = store.stats()
                 if self.progress_every and sr.locks % self.progress_every == 0:
                     self._say(f"{store.name}: {st.get('items', 0)} items, {sr.locks} locks so far")
@@ -119,7 +139,17 @@ class Reaper:
             log.warning("liveness check failed for %s: %s", lock.key, exc)
             return LivenessFact.unknown(f"liveness check failed: {type(exc).__name__}: {exc}")
 
-    def _process(self, store: LockStore, lock: LockRecord, mode: str, report: RunReport, state: dict[str, int]) -> LockEntry:
+    def _safe_process(self, targets: list[Target], mode: str, report: RunReport, state: dict[str, int]) -> LockEntry:
+        try:
+            return self._process(targets, mode, report, state)
+        except Exception as exc:  # never crash the run over one item
+            lock = targets[0].lock
+            log.exception("unexpected error on %s", lock.key)
+            return _entry(lock, None, None, Outcome.ERROR, [f"internal error: {type(exc).__name__}: {exc}"])
+
+    def _process(self, targets: list[Target], mode: str, report: RunReport, state: dict[str, int]) -> LockEntry:
+        """One candidate lock: ``targets`` are its copies in delete order (two under double locking)."""
+        lock = targets[0].lock  # the one decision is taken on the first copy (the lock file)
         now = self.clock()
         decision = decide(lock, self.policy, now)
         fact = None
@@ -127,45 +157,112 @@ class Reaper:
             fact = self._check(lock, now)
             decision = decide(lock, self.policy, now, fact)
         reasons = list(decision.reasons)
+        paired = len(targets) > 1
+        if paired:
+            reasons.insert(0, "held in " + " and ".join(t.store.name for t in targets)
+                           + " (double locking): one lock, one decision")
+
+        def entry(outcome: Outcome, tail: list[str]) -> LockEntry:
+            e = _entry(lock, decision, fact, outcome, reasons + tail)
+            e.restorable = all(getattr(t.store, "restorable", True) for t in targets)
+            if paired:
+                e.targets = [TargetOut(store=t.store.name, key=t.lock.key) for t in targets]
+            return e
 
         if decision.action is Action.KEEP:
-            return _entry(lock, decision, fact, Outcome.KEPT, reasons)
+            return entry(Outcome.KEPT, [])
 
         # ---- the dry-run gate: nothing below this line runs in report mode ----
         if mode != "enforce":
-            return _entry(lock, decision, fact, Outcome.WOULD_REAP, reasons + ["report mode: not deleted"])
+            return entry(Outcome.WOULD_REAP, ["report mode: not deleted"])
 
         if state["deletes"] >= self.policy.max_deletes_per_run:
             report.summary.cap_hit = True
-            return _entry(
-                lock, decision, fact, Outcome.KEPT,
-                reasons + [f"cap of {self.policy.max_deletes_per_run} deletes per run reached: kept"],
-            )
+            return entry(Outcome.KEPT, [f"cap of {self.policy.max_deletes_per_run} deletes per run reached: kept"])
 
         if self.audit is None:
-            return _entry(lock, decision, fact, Outcome.ERROR, reasons + ["no audit sink is configured: refusing to delete"])
-        record = self._audit_record(lock, decision, fact, now)
-        try:
-            ref = self.audit.write(record)
+            return entry(Outcome.ERROR, ["no audit sink is configured: refusing to delete"])
+        refs: list[str] = []
+        try:  # every copy is recorded before anything is deleted
+            for i, t in enumerate(targets):
+                refs.append(self.audit.write(self._audit_record(t.store, t.lock, decision, fact, now, targets, i)))
         except Exception as exc:
-            return _entry(lock, decision, fact, Outcome.ERROR, reasons + [f"audit write failed, not deleted: {type(exc).__name__}: {exc}"])
+            e = entry(Outcome.ERROR, [f"audit write failed, not deleted: {type(exc).__name__}: {exc}"])
+            e.audit_ref = refs[0] if refs else None
+            return e
 
         state["deletes"] += 1
-        try:
-            result = store.delete(lock)
-        except Exception as exc:
-            e = _entry(lock, decision, fact, Outcome.ERROR, reasons + [f"delete failed: {type(exc).__name__}: {exc}"])
-            e.audit_ref = ref
-            return e
-        outcome = {DeleteStatus.DELETED: Outcome.REAPED, DeleteStatus.RACED: Outcome.RACED, DeleteStatus.GONE: Outcome.GONE}[result.status]
-        e = _entry(lock, decision, fact, outcome, reasons + [result.detail])
-        e.audit_ref = ref
-        if result.status is DeleteStatus.RACED:
-            e.current_holder = {"id": result.current_id or "", "who": result.current_who or ""}
-        self._say(f"{store.name}: {outcome.value} {lock.key} ({result.detail})")
+        results: list[DeleteResult | Exception] = []
+        for t in targets:
+            try:
+                results.append(t.store.delete(t.lock))
+            except Exception as exc:
+                results.append(exc)
+            last = results[-1]
+            if not (isinstance(last, DeleteResult) and last.status is DeleteStatus.DELETED):
+                break  # a changed or failed copy: the next one is left alone
+        e = self._outcome(entry, targets, results)
+        e.audit_ref = refs[0]
+        for i, t in enumerate(e.targets):
+            t.audit_ref = refs[i]
+        for t, res in zip(targets, results):
+            detail = res.detail if isinstance(res, DeleteResult) else f"{type(res).__name__}: {res}"
+            status = res.status.value if isinstance(res, DeleteResult) else "error"
+            self._say(f"{t.store.name}: {status} {t.lock.key} ({detail})")
         return e
 
-    def _audit_record(self, lock: LockRecord, decision: Any, fact: LivenessFact | None, now: datetime) -> dict[str, Any]:
+    @staticmethod
+    def _outcome(entry: Callable[[Outcome, list[str]], LockEntry], targets: list[Target],
+                 results: list[DeleteResult | Exception]) -> LockEntry:
+        to_outcome = {DeleteStatus.DELETED: Outcome.REAPED, DeleteStatus.RACED: Outcome.RACED, DeleteStatus.GONE: Outcome.GONE}
+
+        def text(res: DeleteResult | Exception) -> str:
+            return res.detail if isinstance(res, DeleteResult) else f"{type(res).__name__}: {res}"
+
+        first = results[0]
+        if len(targets) == 1 or not (isinstance(first, DeleteResult) and first.status is DeleteStatus.DELETED):
+            if isinstance(first, Exception):
+                e = entry(Outcome.ERROR, [f"delete failed: {text(first)}"])
+            else:
+                e = entry(to_outcome[first.status], [first.detail])
+                if first.status is DeleteStatus.RACED:
+                    e.current_holder = {"id": first.current_id or "", "who": first.current_who or ""}
+            if len(targets) > 1:
+                e.reasons.append(f"nothing was deleted: {targets[1].store.name} was left alone")
+        else:
+            second = results[1]
+            ok = isinstance(second, DeleteResult) and second.status is not DeleteStatus.RACED
+            if ok:
+                e = entry(Outcome.REAPED, [f"{t.store.name}: {text(r)}" for t, r in zip(targets, results)])
+            else:
+                lock = targets[1].lock
+                e = entry(Outcome.ERROR, [
+                    f"{targets[0].store.name}: {text(first)}",
+                    f"{targets[1].store.name}: {text(second)}",
+                    f"DOUBLE LOCK HALF RELEASED: the lock file was deleted but {targets[1].store.name} item "
+                    f"{lock.key} was not: the state STAYS LOCKED. Check the item and release it by hand "
+                    f"(terraform force-unlock {lock.lock_id}) once its holder is confirmed dead.",
+                ])
+                e.flags = sorted(set(e.flags) | {Flag.DOUBLE_LOCK_PARTIAL.value})
+                if isinstance(second, DeleteResult):
+                    e.current_holder = {"id": second.current_id or "", "who": second.current_who or ""}
+        for t, res in zip(e.targets, results):
+            t.result = res.status.value if isinstance(res, DeleteResult) else "error"  # type: ignore[assignment]
+            t.detail = text(res)
+        return e
+
+    def _audit_record(self, store: LockStore, lock: LockRecord, decision: Any, fact: LivenessFact | None,
+                      now: datetime, targets: list[Target] | None = None, position: int = 0) -> dict[str, Any]:
+        restorable = bool(getattr(store, "restorable", True))
+        extra: dict[str, Any] = {}
+        if not restorable:
+            extra["restore_note"] = getattr(store, "restore_note", f"{store.name} locks cannot be re-created")
+        if targets and len(targets) > 1:
+            extra["double_lock"] = {
+                "stores": [t.store.name for t in targets],
+                "keys": [t.lock.key for t in targets],
+                "delete_order": position + 1,
+            }
         return {
             "schema": AUDIT_SCHEMA,
             "run_id": self.run_id,
@@ -182,7 +279,8 @@ class Reaper:
             "age_seconds": decision.age_seconds,
             "reasons": list(decision.reasons),
             "liveness": fact.model_dump(mode="json") if fact else None,
-            "restorable": True,
+            "restorable": restorable,
+            **extra,
         }
 
     def _alert(self, report: RunReport) -> None:

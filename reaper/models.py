@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Terraform writes Created with time.Now().UTC() in RFC 3339 with 0..9 fractional
 # digits. Python's datetime keeps microseconds, so extra digits are truncated.
+# re.ASCII: \d must not match other scripts' digits ("\u0662\u0660\u0662\u0666" would parse as 2026; found by tests/test_fuzz.py).
 _RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$"
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$", re.ASCII
 )
 
 DIGEST_SUFFIX = "-md5"
@@ -147,6 +148,9 @@ class Flag(str, Enum):
     KEPT_UNKNOWN = "kept_unknown"  # a candidate kept because liveness is unknown
     NO_RULE = "no_rule"
     EXCLUDED = "excluded"
+    # a lock held in two stores (double locking) was deleted from the first but not
+    # the second: the state stays locked (set by the engine, never by the decision)
+    DOUBLE_LOCK_PARTIAL = "double_lock_partial"
 
 
 class Decision(BaseModel):

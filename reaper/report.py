@@ -44,6 +44,16 @@ class EvidenceOut(BaseModel):
     at: str | None = None
 
 
+class TargetOut(BaseModel):
+    """One copy of a lock held in several stores (double locking), in delete order."""
+
+    store: str
+    key: str
+    audit_ref: str | None = None
+    result: Literal["not_attempted", "deleted", "raced", "gone", "error"] = "not_attempted"
+    detail: str = ""
+
+
 class LockEntry(BaseModel):
     store: str
     key: str
@@ -62,6 +72,8 @@ class LockEntry(BaseModel):
     flags: list[str] = Field(default_factory=list)
     audit_ref: str | None = None
     current_holder: dict[str, str] | None = None  # who holds it now, when raced
+    restorable: bool = True  # False where the store cannot re-create a lock (HCP Terraform, GitLab)
+    targets: list[TargetOut] = Field(default_factory=list)  # set when one lock lives in two stores
 
 
 class StoreReport(BaseModel):
@@ -91,6 +103,7 @@ class Summary(BaseModel):
     store_errors: int = 0
     alert_errors: int = 0
     cap_hit: bool = False
+    double_lock_partial: int = 0  # double locks released in one store only: the state stays locked
 
 
 class RunReport(BaseModel):
@@ -104,6 +117,8 @@ class RunReport(BaseModel):
     locks: list[LockEntry] = Field(default_factory=list)
     alerts: list[AlertResult] = Field(default_factory=list)
     summary: Summary = Field(default_factory=Summary)
+    # CI/AWS calls the liveness checkers made (reaper.liveness.http.ApiCounter.to_dict)
+    liveness_api_calls: dict[str, Any] = Field(default_factory=dict)
 
     # ----- derived -------------------------------------------------------
     def count(self, outcome: Outcome) -> int:
@@ -118,6 +133,9 @@ class RunReport(BaseModel):
         return 1 if self.errors else 0
 
     def finalize(self, finished: datetime, started: datetime) -> None:
+        # a stable order whatever the scan order (parallel segments, threads): by store, then lock path
+        store_order = {st.name: i for i, st in enumerate(self.stores)}
+        self.locks.sort(key=lambda e: (store_order.get(e.store, len(store_order)), e.lock_path, e.key))
         s = self.summary
         outcomes = Counter(e.outcome.value for e in self.locks)
         s.outcomes = {o.value: outcomes.get(o.value, 0) for o in Outcome}
@@ -129,6 +147,7 @@ class RunReport(BaseModel):
         s.unparseable = flags[Flag.UNPARSEABLE.value]
         s.kept_unknown = sum(1 for e in self.locks if Flag.KEPT_UNKNOWN.value in e.flags and e.outcome is Outcome.KEPT)
         s.alive_past_hard_max = flags[Flag.ALIVE_PAST_HARD_MAX.value]
+        s.double_lock_partial = flags[Flag.DOUBLE_LOCK_PARTIAL.value]
         s.store_errors = sum(1 for st in self.stores if st.status == "error")
         self.finished_at = finished.isoformat()
         self.duration_seconds = round((finished - started).total_seconds(), 3)
@@ -160,6 +179,8 @@ class RunReport(BaseModel):
         parts += [f"{o[k]} {k}" for k in ("kept", "would_reap", "reaped", "raced", "gone", "error") if o.get(k)]
         if self.summary.cap_hit:
             parts.append(f"delete cap {self.max_deletes_per_run} hit")
+        if self.summary.double_lock_partial:
+            parts.append(f"{self.summary.double_lock_partial} DOUBLE LOCKS HALF RELEASED (state still locked)")
         if self.summary.store_errors:
             parts.append(f"{self.summary.store_errors} store errors")
         if self.summary.alert_errors:
@@ -172,7 +193,7 @@ class RunReport(BaseModel):
         for e in self.locks:
             rows.append(
                 [
-                    e.store,
+                    " + ".join(t.store for t in e.targets) if e.targets else e.store,
                     _clip(e.lock_path, 48),
                     e.lock_id[:8] or "-",
                     _clip(e.operation.replace("OperationType", ""), 12) or "-",
@@ -194,19 +215,34 @@ class RunReport(BaseModel):
                 lines.append(f"STORE ERROR {st.name}: {st.error}")
         for a in self.alerts:
             lines.append(f"alert {a.sink}: {a.status}{' - ' + a.detail if a.detail else ''}")
+        calls = self.liveness_api_calls
+        if calls.get("total") or calls.get("memo_hits"):
+            kinds = ", ".join(f"{k} {v}" for k, v in calls.get("by_kind", {}).items())
+            lines.append(f"liveness: {calls.get('total', 0)} API calls ({kinds or 'none'}), "
+                         f"{calls.get('not_modified', 0)} answered 304 Not Modified")
         lines.append(self.summary_line())
         return "\n".join(lines)
 
     def render_text_summary(self) -> str:
         """Readable body for the SNS message."""
         lines = [f"Lock Reaper run {self.run_id} ({self.mode} mode): {self.summary_line()}", ""]
+        if self.summary.double_lock_partial:
+            lines += [
+                f"!!! {self.summary.double_lock_partial} double lock(s) were released in one store only: "
+                "those states are STILL LOCKED and need a person (see the entries marked double_lock_partial).",
+                "",
+            ]
         for e in self.locks:
             if e.outcome in (Outcome.REAPED, Outcome.RACED, Outcome.GONE, Outcome.ERROR, Outcome.WOULD_REAP):
-                lines.append(f"- {e.outcome.value.upper()}: {e.store} {e.lock_path} (id {e.lock_id or '-'}, by {e.who or '-'})")
+                where = " + ".join(t.store for t in e.targets) if e.targets else e.store
+                lines.append(f"- {e.outcome.value.upper()}: {where} {e.lock_path} (id {e.lock_id or '-'}, by {e.who or '-'})")
                 for r in e.reasons:
                     lines.append(f"    {r}")
                 if e.audit_ref:
                     lines.append(f"    audit: {e.audit_ref}")
+                for t in e.targets:
+                    if t.audit_ref and t.audit_ref != e.audit_ref:
+                        lines.append(f"    audit ({t.store}): {t.audit_ref}")
         if self.summary.cap_hit:
             lines.append(f"The cap of {self.max_deletes_per_run} deletes per run was hit: remaining stale locks were kept.")
         return "\n".join(lines)
@@ -217,10 +253,15 @@ def _clip(s: str, n: int) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
+_GENERIC_TAILS = ("report mode: not deleted", "deleted (condition")
+
+
 def _main_reason(e: LockEntry) -> str:
-    if not e.reasons:
-        return ""
-    return e.reasons[-1] if e.decision == "keep" or e.outcome is not Outcome.REAPED else e.reasons[0]
+    """The decisive reason: the last one, skipping generic outcome notes."""
+    for reason in reversed(e.reasons):
+        if not reason.startswith(_GENERIC_TAILS):
+            return reason
+    return e.reasons[-1] if e.reasons else ""
 
 
 def entry_dict(entry: LockEntry) -> dict[str, Any]:

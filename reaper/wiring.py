@@ -27,8 +27,9 @@ def _client(service: str, region: str | None = None) -> Any:
     return boto3.client(service, region_name=region, config=cfg)
 
 
-def build_stores(policy: Policy, client_factory: Callable[..., Any] = _client) -> list[LockStore]:
+def build_stores(policy: Policy, client_factory: Callable[..., Any] = _client, **http_kw: Any) -> list[LockStore]:
     from .stores.dynamodb import DynamoDBLockStore
+    from .stores.s3 import S3LockFileStore
 
     stores: list[LockStore] = []
     for sc in policy.stores:
@@ -36,7 +37,45 @@ def build_stores(policy: Policy, client_factory: Callable[..., Any] = _client) -
             stores.append(
                 DynamoDBLockStore(client_factory("dynamodb", sc.region), sc.table, segments=sc.segments, page_size=sc.page_size)
             )
+        elif sc.type == "s3":
+            stores.append(S3LockFileStore(client_factory("s3", sc.region), sc.bucket, list(sc.prefixes), page_size=sc.page_size))
+        elif sc.type in ("hcp", "gitlab"):
+            stores.append(_http_store(policy, sc, client_factory, **http_kw))
     return stores
+
+
+def _http_store(policy: Policy, sc: Any, client_factory: Callable[..., Any], *, pool: Any = None,
+                env: Any = None, secrets: Any = None, sleep: Callable[[float], None] | None = None) -> LockStore:
+    """An HCP Terraform or GitLab state store on the shared urllib3 JSON client (reaper.liveness.http)."""
+    import os
+    import time
+
+    from .liveness.http import JsonApi, new_pool
+    from .liveness.tokens import SecretsSource, StaticToken, github_header
+    from .stores.gitlab_state import GitLabStateStore
+    from .stores.hcp import HCPWorkspaceStore
+
+    http = getattr(getattr(policy, "liveness", None), "http", None)
+    auth = StaticToken(github_header, secret=sc.token_secret, env_var=sc.token_env,
+                       env=os.environ if env is None else env,
+                       secrets=secrets or SecretsSource(client_factory=client_factory))
+    api = JsonApi(
+        sc.name, sc.base_url, pool or new_pool(ca_bundle=getattr(http, "ca_bundle", None)), auth,
+        extra_headers={"Accept": "application/vnd.api+json"} if sc.type == "hcp" else None,
+        timeout=sc.timeout.total_seconds(), max_retry_wait=sc.max_retry_wait.total_seconds(),
+        # HCP Terraform reports X-RateLimit-Remaining per second (30): only 0 means wait
+        rate_limit_reserve=0 if sc.type == "hcp" else 10, max_calls=100000, sleep=sleep or time.sleep,
+    )
+    if sc.type == "hcp":
+        return HCPWorkspaceStore(api, list(sc.organizations), page_size=sc.page_size, grace=sc.grace)
+    return GitLabStateStore(api, list(sc.projects), read_lock_id=sc.read_lock_id, page_size=sc.page_size)
+
+
+def store_checkers(policy: Policy, stores: list[LockStore]) -> list[Any]:
+    """Liveness checkers that come with a store (HCP Terraform run status), for the composite."""
+    from .stores.hcp import HCPRunChecker, HCPWorkspaceStore
+
+    return [HCPRunChecker(s, s.grace, policy.clock_skew) for s in stores if isinstance(s, HCPWorkspaceStore)]
 
 
 def build_audit(policy: Policy, client_factory: Callable[..., Any] = _client) -> AuditSink | None:
@@ -63,8 +102,15 @@ def build_alerts(policy: Policy, metrics: Any = None, client_factory: Callable[.
     if a.event_bus:
         sinks.append(EventBridgeAlertSink(client_factory("events"), a.event_bus, a.event_source))
     if a.metrics.enabled and metrics is not None:
-        sinks.append(MetricsAlertSink(metrics))
+        sinks.append(MetricsAlertSink(metrics, namespace=a.metrics.namespace))
     return sinks
+
+
+def build_liveness(policy: Policy, client_factory: Callable[..., Any] = _client, **kw: Any) -> Any:
+    """The composite liveness checker (claims, GitHub, GitLab, state activity) for one run."""
+    from .liveness.build import build_liveness as _build
+
+    return _build(policy, client_factory, **kw)
 
 
 def build_reaper(
@@ -73,12 +119,18 @@ def build_reaper(
     progress: Progress | None = None,
     client_factory: Callable[..., Any] = _client,
     clock: Callable[[], datetime] = utc_now,
+    liveness: Any = None,
 ) -> Reaper:
+    stores = build_stores(policy, client_factory)
+    checker = liveness if liveness is not None else build_liveness(policy, client_factory)
+    for extra in store_checkers(policy, stores):
+        if hasattr(checker, "register"):
+            checker.register(extra)
     return Reaper(
         policy=policy,
-        stores=build_stores(policy, client_factory),
+        stores=stores,
         clock=clock,
-        liveness=None,
+        liveness=checker,
         audit=build_audit(policy, client_factory),
         alerts=build_alerts(policy, metrics, client_factory),
         progress=progress,

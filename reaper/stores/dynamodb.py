@@ -67,9 +67,13 @@ class DynamoDBLockStore:
         types = {a["AttributeName"]: a["AttributeType"] for a in desc.get("AttributeDefinitions", [])}
         if schema != [("LockID", "HASH")] or types.get("LockID") != "S":
             found = ", ".join(f"{n} ({t}, {types.get(n, '?')})" for n, t in schema) or "unknown"
+            why = [f"it has a sort key {n}" for n, t in schema if t == "RANGE"]
+            why += [f"its hash key is {n}, not LockID" for n, t in schema if t == "HASH" and n != "LockID"]
+            if ("LockID", "HASH") in schema and types.get("LockID") != "S":
+                why.append(f"LockID is of type {types.get('LockID', '?')}, not S")
             raise StoreError(
-                f"table {self.table!r} is not a Terraform lock table: its key is {found}; "
-                "expected exactly one hash key LockID of type S and no sort key"
+                f"table {self.table!r} is not a Terraform lock table ({'; '.join(why) or 'unexpected key schema'}): "
+                f"its key is {found}; expected exactly one hash key LockID of type S and no sort key"
             )
 
     def stats(self) -> dict[str, int]:
@@ -107,7 +111,7 @@ class DynamoDBLockStore:
             if _code(exc) != "ConditionalCheckFailedException":
                 raise
             current = getattr(exc, "response", {}).get("Item")
-            if not current:
+            if not current or "Info" not in current:  # same as the in-memory store: no Info, no lock
                 return DeleteResult(status=DeleteStatus.GONE, detail="the lock was already released")
             cid, cwho = _holder(current)
             return DeleteResult(
