@@ -6,7 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TF_DIR := .cache/terraform-1.0.3
-export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 1
+# jsii silences its node end-of-life banner only for the major versions listed (a bare 1 does nothing).
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 18,20,22
 export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 export JSII_DEPRECATED := quiet
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -36,7 +37,7 @@ $(TF_DIR)/terraform: $(VENV)/.installed
 deps: $(VENV)/.installed node_modules/.installed $(TF_DIR)/terraform
 
 demo: $(VENV)/.installed
-	$(PY) -m reaper.demo
+	$(PY) -m devtools.demo
 
 test: deps
 	$(PY) -m pytest

@@ -1,0 +1,384 @@
+"""Template assertions on the one synthesized Lock Reaper stack (see conftest.synth)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cfn_helpers import KMS_KEY, SECRET_ARN, as_list, render, statements
+
+from reaper.report import METRIC_DURATION, METRIC_SERVICE, METRICS
+
+pytestmark = pytest.mark.cdk
+
+PARTITION = "${AWS::Partition}"
+REGION_ACCOUNT = "${AWS::Region}:${AWS::AccountId}"
+XRAY = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+
+
+def _ids(synth):
+    r = synth.stack.reaper
+    return {
+        "function": synth.logical_id(r.function),
+        "topic": synth.logical_id(r.topic),
+        "key": synth.logical_id(r.key),
+        "audit": synth.logical_id(r.audit_bucket),
+        "access_logs": synth.logical_id(r.access_logs),
+        "claims": synth.logical_id(r.claims_table),
+        "dlq": synth.logical_id(r.dlq),
+        "logs": synth.logical_id(r.log_group),
+        "role_policy": synth.stack.get_logical_id(r.role.node.find_child("DefaultPolicy").node.default_child),
+        "schedule_role": synth.logical_id(r.schedule_role),
+        "schedule_policy": synth.stack.get_logical_id(r.schedule_role.node.find_child("DefaultPolicy").node.default_child),
+    }
+
+
+# ----- the function ---------------------------------------------------------------
+def test_function_runtime_architecture_concurrency_timeout(synth, template):
+    from aws_cdk import aws_lambda as lambda_
+
+    fn = synth.stack.reaper.function
+    # jsii enums and enum-like classes: compare by name, never with ==
+    assert fn.runtime.name == lambda_.Runtime.PYTHON_3_13.name
+    assert fn.runtime.family.name == lambda_.RuntimeFamily.PYTHON.name
+    assert fn.architecture.name == lambda_.Architecture.ARM_64.name
+    template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {
+            "Runtime": "python3.13",
+            "Architectures": ["arm64"],
+            "Handler": "reaper.handler.lambda_handler",
+            "ReservedConcurrentExecutions": 1,
+            "Timeout": 14 * 60,
+            "MemorySize": 512,
+            "TracingConfig": {"Mode": "Active"},
+        },
+    )
+    # a failed run is not retried by Lambda: the next scheduled run is the retry
+    template.has_resource_properties("AWS::Lambda::EventInvokeConfig", {"MaximumRetryAttempts": 0, "Qualifier": "$LATEST"})
+
+
+def test_function_environment(synth):
+    ids = _ids(synth)
+    (fn,) = synth.resources("AWS::Lambda::Function").values()
+    env = {k: render(v) for k, v in fn["Properties"]["Environment"]["Variables"].items()}
+    assert env == {
+        "REAPER_POLICY_FILE": "/var/task/policy.yaml",
+        "REAPER_AUDIT_BUCKET": "${" + ids["audit"] + "}",
+        "REAPER_SNS_TOPIC_ARN": "${" + ids["topic"] + "}",
+        "REAPER_EVENT_BUS": "default",
+        "REAPER_CLAIMS_TABLE": "${" + ids["claims"] + "}",
+        "POWERTOOLS_SERVICE_NAME": METRIC_SERVICE,
+        "POWERTOOLS_METRICS_NAMESPACE": synth.stack.reaper.namespace,
+    }
+    assert fn["Properties"]["LoggingConfig"] == {"LogGroup": {"Ref": ids["logs"]}}
+
+
+def test_log_group_retention_from_context(synth, template):
+    days = synth.context["reaper"]["log_retention_days"]
+    template.has_resource("AWS::Logs::LogGroup", {"Properties": {"RetentionInDays": days}, "DeletionPolicy": "Retain"})
+
+
+# ----- the schedule ---------------------------------------------------------------
+def test_schedule_expression_retry_and_dead_letter_queue(synth):
+    ids = _ids(synth)
+    (sched,) = synth.resources("AWS::Scheduler::Schedule").values()
+    p = sched["Properties"]
+    assert p["ScheduleExpression"] == synth.context["reaper"]["schedule"] == "rate(15 minutes)"
+    assert p["State"] == "ENABLED"
+    assert p["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    t = p["Target"]
+    assert render(t["Arn"]) == "${" + ids["function"] + ".Arn}"
+    assert render(t["RoleArn"]) == "${" + ids["schedule_role"] + ".Arn}"
+    assert render(t["DeadLetterConfig"]["Arn"]) == "${" + ids["dlq"] + ".Arn}"
+    assert t["RetryPolicy"]["MaximumRetryAttempts"] >= 1
+    assert 60 <= t["RetryPolicy"]["MaximumEventAgeInSeconds"] <= 900
+    assert json.loads(t["Input"]) == {"source": "lock-reaper-schedule"}
+
+
+def test_dead_letter_queue_encrypted_and_ssl_only(synth, template):
+    ids = _ids(synth)
+    template.has_resource_properties("AWS::SQS::Queue", {"SqsManagedSseEnabled": True, "MessageRetentionPeriod": 14 * 86400})
+    (qp,) = synth.resources("AWS::SQS::QueuePolicy").values()
+    assert qp["Properties"]["Queues"] == [{"Ref": ids["dlq"]}]
+    (deny,) = qp["Properties"]["PolicyDocument"]["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+# ----- IAM ----------------------------------------------------------------------
+def test_no_wildcard_resource_on_write_actions_and_no_wildcard_actions(synth):
+    all_statements = statements(synth.template)
+    assert len(all_statements) > 10
+    for st in all_statements:
+        assert st["Effect"] == "Allow", st
+        actions = set(as_list(st["Action"]))
+        assert not any("*" in a for a in actions), f"wildcard action in {st}"
+        resources = [render(r) for r in as_list(st["Resource"])]
+        if "*" in resources:
+            # only X-Ray (active tracing) has no resource-level permissions
+            assert actions <= XRAY, f"Resource '*' on {sorted(actions)}"
+        for r in resources:
+            assert r == "*" or r.startswith(("arn:", "${")), r
+
+
+def test_lambda_role_statements_are_exactly_the_named_grants(synth):
+    ids = _ids(synth)
+    found = {}
+    for st in statements(synth.template, ids["role_policy"]):
+        sid = st.get("Sid", "XRay" if set(as_list(st["Action"])) == XRAY else "Logs")
+        assert sid not in found, f"statement {sid} twice"
+        found[sid] = (sorted(as_list(st["Action"])), sorted(render(r) for r in as_list(st["Resource"])), st.get("Condition"))
+    s3 = f"arn:{PARTITION}:s3:::"
+    expected = {
+        "XRay": (sorted(XRAY), ["*"], None),
+        "Logs": (["logs:CreateLogStream", "logs:PutLogEvents"], ["${" + ids["logs"] + ".Arn}"], None),
+        "LockTables": (
+            ["dynamodb:DeleteItem", "dynamodb:DescribeTable", "dynamodb:PutItem", "dynamodb:Scan"],
+            [f"arn:{PARTITION}:dynamodb:{REGION_ACCOUNT}:table/terraform-locks"],
+            None,
+        ),
+        "ClaimsQuery": (["dynamodb:Query"], ["${" + ids["claims"] + ".Arn}"], None),
+        "ListStateBuckets": (["s3:ListBucket"], [f"{s3}tf-state-a", f"{s3}tf-state-b"], None),
+        "StateLockFiles": (
+            ["s3:DeleteObject", "s3:GetObject"],
+            sorted([f"{s3}tf-state-a/*.tflock", f"{s3}tf-state-b/env:/*.tflock", f"{s3}tf-state-b/teams/*.tflock"]),
+            None,
+        ),
+        "StateObjectsHead": (
+            ["s3:GetObject"],
+            sorted([f"{s3}tf-state-a/*.tfstate", f"{s3}tf-state-b/env:/*.tfstate", f"{s3}tf-state-b/teams/*.tfstate"]),
+            None,
+        ),
+        "DecryptWithNamedKeys": (["kms:Decrypt"], [KMS_KEY], None),
+        "ReadTokenSecrets": (
+            ["secretsmanager:GetSecretValue"],
+            sorted([f"arn:{PARTITION}:secretsmanager:{REGION_ACCOUNT}:secret:lock-reaper/github-token-??????", SECRET_ARN]),
+            None,
+        ),
+        "PublishAlerts": (["sns:Publish"], ["${" + ids["topic"] + "}"], None),
+        "PutReapedEvents": (["events:PutEvents"], [f"arn:{PARTITION}:events:{REGION_ACCOUNT}:event-bus/default"], None),
+        "AuditRecords": (["s3:GetObject", "s3:PutObject"], ["${" + ids["audit"] + ".Arn}/lock-reaper/audit/*"], None),
+        "UseStackKey": (["kms:Decrypt", "kms:GenerateDataKey"], ["${" + ids["key"] + ".Arn}"], None),
+    }
+    assert found == expected
+
+
+def test_table_grants_only_on_context_tables(synth):
+    tables = synth.context["reaper"]["lock_tables"]
+    for st in statements(synth.template):
+        actions = set(as_list(st["Action"]))
+        if actions & {"dynamodb:Scan", "dynamodb:DeleteItem", "dynamodb:PutItem", "dynamodb:DescribeTable"}:
+            resources = [render(r) for r in as_list(st["Resource"])]
+            assert sorted(r.rsplit(":table/", 1)[1] for r in resources) == sorted(tables)
+
+
+def test_s3_delete_only_on_tflock_keys(synth):
+    deletes = [st for st in statements(synth.template) if any(a.startswith("s3:Delete") for a in as_list(st["Action"]))]
+    assert deletes, "the state buckets of the shared context must produce a delete grant"
+    for st in deletes:
+        assert set(as_list(st["Action"])) <= {"s3:GetObject", "s3:DeleteObject"}
+        for r in map(render, as_list(st["Resource"])):
+            assert r.endswith("*.tflock") and r.split(":::", 1)[1].split("/", 1)[0] in ("tf-state-a", "tf-state-b"), r
+    # and nothing else may read objects of the state buckets except the *.tfstate heads (flag on)
+    for st in statements(synth.template):
+        for r in map(render, as_list(st["Resource"])):
+            if ":::tf-state-" in r and "/" in r.split(":::", 1)[1]:
+                assert r.endswith((".tflock", ".tfstate")), r
+
+
+def test_scheduler_role_can_only_invoke_the_function_and_feed_the_dlq(synth, template):
+    ids = _ids(synth)
+    found = {
+        st["Sid"]: (as_list(st["Action"]), [render(r) for r in as_list(st["Resource"])])
+        for st in statements(synth.template, ids["schedule_policy"])
+    }
+    assert found == {
+        "InvokeReaper": (["lambda:InvokeFunction"], ["${" + ids["function"] + ".Arn}"]),
+        "DeadLetter": (["sqs:SendMessage"], ["${" + ids["dlq"] + ".Arn}"]),
+    }
+    role = synth.template["Resources"][ids["schedule_role"]]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert render(trust["Condition"]["StringEquals"]["aws:SourceAccount"]) == "${AWS::AccountId}"
+    assert "ManagedPolicyArns" not in role
+
+
+def test_no_managed_policies_anywhere(synth):
+    for lid, role in synth.resources("AWS::IAM::Role").items():
+        assert "ManagedPolicyArns" not in role["Properties"], lid
+
+
+# ----- alarms ---------------------------------------------------------------------
+def test_alarms_cover_the_failure_modes_and_notify_the_topic(synth):
+    ids = _ids(synth)
+    alarms = synth.resources("AWS::CloudWatch::Alarm")
+    by_metric = {(a["Properties"]["Namespace"], a["Properties"]["MetricName"]): a["Properties"] for a in alarms.values()}
+    ns = synth.stack.reaper.namespace
+    required = [
+        ("AWS/Lambda", "Errors"),
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+        (ns, METRICS["reaped"]),
+        (ns, METRICS["cap_hit"]),
+        (ns, METRICS["unparseable"]),
+        (ns, METRICS["alive_past_hard_max"]),
+    ]
+    for key in required:
+        assert key in by_metric, f"no alarm on {key}"
+    for props in (a["Properties"] for a in alarms.values()):
+        assert props["AlarmActions"] == [{"Ref": ids["topic"]}]
+        assert props["Threshold"] == 0 and props["ComparisonOperator"] == "GreaterThanThreshold"
+        assert props["TreatMissingData"] == "notBreaching"
+        assert props["AlarmDescription"]
+    for (namespace, _name), props in by_metric.items():
+        if namespace == ns:
+            assert props["Dimensions"] == [{"Name": "service", "Value": METRIC_SERVICE}]
+    assert by_metric[("AWS/Lambda", "Errors")]["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": ids["function"]}}]
+    dlq_dims = by_metric[("AWS/SQS", "ApproximateNumberOfMessagesVisible")]["Dimensions"]
+    assert dlq_dims == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [ids["dlq"], "QueueName"]}}]
+
+
+def test_dashboard_shows_scanned_reaped_raced_kept_unknown_errors_duration(synth):
+    (dash,) = synth.resources("AWS::CloudWatch::Dashboard").values()
+    body = render(dash["Properties"]["DashboardBody"])
+    for name in (
+        METRICS["locks_scanned"],
+        METRICS["reaped"],
+        METRICS["raced"],
+        METRICS["kept_unknown"],
+        METRICS["errors"],
+        METRIC_DURATION,
+    ):
+        assert f'"{name}"' in body, name
+    assert '"Duration"' in body and '"AWS/Lambda"' in body
+
+
+# ----- topic, key, buckets ------------------------------------------------------------
+def test_topic_is_kms_encrypted_ssl_only_and_alarm_publishable(synth, template):
+    ids = _ids(synth)
+    template.has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": {"Fn::GetAtt": [ids["key"], "Arn"]}})
+    (policy,) = synth.resources("AWS::SNS::TopicPolicy").values()
+    sts = policy["Properties"]["PolicyDocument"]["Statement"]
+    deny = [s for s in sts if s["Effect"] == "Deny"]
+    assert len(deny) == 1 and deny[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert deny[0]["Resource"] == {"Ref": ids["topic"]}
+    (allow,) = [s for s in sts if s["Effect"] == "Allow"]
+    assert allow["Principal"] == {"Service": "cloudwatch.amazonaws.com"} and allow["Action"] == "sns:Publish"
+    assert render(allow["Condition"]["ArnLike"]["aws:SourceArn"]) == f"arn:{PARTITION}:cloudwatch:{REGION_ACCOUNT}:alarm:*"
+    emails = sorted(s["Properties"]["Endpoint"] for s in synth.resources("AWS::SNS::Subscription").values())
+    assert emails == sorted(synth.context["reaper"]["alert_emails"])
+    assert all(s["Properties"]["Protocol"] == "email" for s in synth.resources("AWS::SNS::Subscription").values())
+
+
+def test_key_rotates_and_lets_only_cloudwatch_in_besides_the_account(synth):
+    ids = _ids(synth)
+    key = synth.template["Resources"][ids["key"]]
+    assert key["Properties"]["EnableKeyRotation"] is True
+    assert key["DeletionPolicy"] == "Retain"
+    principals = [s["Principal"] for s in key["Properties"]["KeyPolicy"]["Statement"]]
+    services = [p["Service"] for p in principals if "Service" in p]
+    assert services == ["cloudwatch.amazonaws.com"]
+    (cw,) = [s for s in key["Properties"]["KeyPolicy"]["Statement"] if "Service" in s["Principal"]]
+    assert sorted(as_list(cw["Action"])) == ["kms:Decrypt", "kms:GenerateDataKey*"]
+
+
+def _ssl_and_tls_denies(bucket_policy):
+    sts = bucket_policy["Properties"]["PolicyDocument"]["Statement"]
+    conditions = [s["Condition"] for s in sts if s["Effect"] == "Deny"]
+    assert {"Bool": {"aws:SecureTransport": "false"}} in conditions
+    assert {"NumericLessThan": {"s3:TlsVersion": 1.2}} in conditions
+    return sts
+
+
+def test_audit_bucket(synth):
+    ids = _ids(synth)
+    bucket = synth.template["Resources"][ids["audit"]]
+    assert bucket["DeletionPolicy"] == "Retain" and bucket["UpdateReplacePolicy"] == "Retain"
+    p = bucket["Properties"]
+    assert p["VersioningConfiguration"] == {"Status": "Enabled"}
+    (enc,) = p["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert enc["ServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "aws:kms",
+        "KMSMasterKeyID": {"Fn::GetAtt": [ids["key"], "Arn"]},
+    }
+    assert enc["BucketKeyEnabled"] is True
+    assert p["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert p["LoggingConfiguration"]["DestinationBucketName"] == {"Ref": ids["access_logs"]}
+    rules = {r["Id"]: r for r in p["LifecycleConfiguration"]["Rules"]}
+    assert rules["noncurrent-versions"]["NoncurrentVersionExpiration"]["NoncurrentDays"] == 365
+    assert rules["abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
+    assert all(r["Status"] == "Enabled" for r in rules.values())
+    (policy,) = [
+        b for b in synth.resources("AWS::S3::BucketPolicy").values() if b["Properties"]["Bucket"] == {"Ref": ids["audit"]}
+    ]
+    sts = _ssl_and_tls_denies(policy)
+    assert all(s["Effect"] == "Deny" for s in sts), "nothing may be granted through the audit bucket's policy"
+
+
+def test_access_log_bucket(synth):
+    ids = _ids(synth)
+    bucket = synth.template["Resources"][ids["access_logs"]]
+    assert bucket["DeletionPolicy"] == "Retain"
+    p = bucket["Properties"]
+    assert p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "AES256"
+    }
+    assert all(p["PublicAccessBlockConfiguration"].values())
+    (policy,) = [
+        b for b in synth.resources("AWS::S3::BucketPolicy").values() if b["Properties"]["Bucket"] == {"Ref": ids["access_logs"]}
+    ]
+    sts = _ssl_and_tls_denies(policy)
+    (allow,) = [s for s in sts if s["Effect"] == "Allow"]
+    assert allow["Principal"] == {"Service": "logging.s3.amazonaws.com"} and allow["Action"] == "s3:PutObject"
+    assert render(allow["Condition"]["ArnLike"]["aws:SourceArn"]) == "${" + ids["audit"] + ".Arn}"
+
+
+# ----- claims table ------------------------------------------------------------------
+def test_claims_table(synth, template):
+    ids = _ids(synth)
+    template.has_resource_properties(
+        "AWS::DynamoDB::Table",
+        {
+            "TableName": synth.context["reaper"]["claims_table"],
+            "KeySchema": [{"AttributeName": "Who", "KeyType": "HASH"}, {"AttributeName": "ClaimedAt", "KeyType": "RANGE"}],
+            "AttributeDefinitions": [
+                {"AttributeName": "Who", "AttributeType": "S"},
+                {"AttributeName": "ClaimedAt", "AttributeType": "S"},
+            ],
+            "BillingMode": "PAY_PER_REQUEST",
+            "TimeToLiveSpecification": {"AttributeName": "ExpiresAt", "Enabled": True},
+            "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+        },
+    )
+    # the same key schema and TTL attribute the claims code reads and writes
+    from reaper.liveness import claims
+
+    (table,) = synth.resources("AWS::DynamoDB::Table").values()
+    assert table["Properties"]["KeySchema"] == claims.KEY_SCHEMA
+    assert table["Properties"]["AttributeDefinitions"] == claims.ATTRIBUTE_DEFINITIONS
+    assert table["Properties"]["TimeToLiveSpecification"]["AttributeName"] == claims.TTL_ATTRIBUTE
+    # the Lambda only queries it; writing claims is for CI roles (docs/deploy.md)
+    claims_arn = "${" + ids["claims"] + ".Arn}"
+    for st in statements(synth.template):
+        if claims_arn in [render(r) for r in as_list(st["Resource"])]:
+            assert as_list(st["Action"]) == ["dynamodb:Query"]
+
+
+# ----- environment, outputs ---------------------------------------------------------
+def test_environment_agnostic_without_account_and_region(synth):
+    art = synth.manifest["artifacts"][synth.stack.stack_name]
+    assert art["environment"] == "aws://unknown-account/unknown-region"
+    text = json.dumps(synth.template)
+    assert '"Ref": "AWS::Region"' in text and '"Ref": "AWS::AccountId"' in text
+
+
+def test_outputs(synth):
+    outputs = synth.template["Outputs"]
+    assert {"FunctionName", "AlertTopicArn", "AuditBucketName", "ClaimsTableName", "ClaimsTableArn", "ScheduleDLQUrl"} <= set(
+        outputs
+    )
+    assert all(o.get("Description") for o in outputs.values())
