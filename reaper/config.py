@@ -97,7 +97,6 @@ class _HTTPStoreConfig(_Strict):
     token_env: str | None = Field(default=None, min_length=1, validate_default=True,
                                   description="environment variable holding the token (local runs)")
     timeout: Duration = timedelta(seconds=10)
-    max_retries: int = Field(default=2, ge=0, le=5, description="retries after HTTP 429, honouring Retry-After")
     max_retry_wait: Duration = timedelta(seconds=30)
 
     @field_validator("base_url")
@@ -213,7 +212,7 @@ class Policy(_Strict):
     exclude: Globs = Field(default_factory=list)
     audit: AuditConfig = Field(default_factory=AuditConfig, validate_default=True)
     alerts: AlertsConfig = AlertsConfig()
-    liveness: LivenessConfig = LivenessConfig()
+    liveness: LivenessConfig = Field(default_factory=LivenessConfig, validate_default=True)
 
     @field_validator("liveness")
     @classmethod

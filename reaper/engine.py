@@ -128,6 +128,7 @@ class Reaper:
         sr.digests_skipped = st.get("digests", 0)
         self._say(
             f"{store.name}: {sr.items_scanned} items, {sr.digests_skipped} digests skipped, {sr.locks} locks"
+            + (" (decided after the other stores, paired with their copies under double locking)" if index_only else "")
             + (f" — ERROR {sr.error}" if sr.error else "")
         )
         return sr
@@ -236,12 +237,17 @@ class Reaper:
                 e = entry(Outcome.REAPED, [f"{t.store.name}: {text(r)}" for t, r in zip(targets, results)])
             else:
                 lock = targets[1].lock
+                if isinstance(second, DeleteResult):  # raced: another lock sits in the item now
+                    advice = (f"it now holds lock {second.current_id or '?'} by {second.current_who or '?'}: check "
+                              "that holder before touching it")
+                else:
+                    advice = (f"it still holds this lock: release it by hand (terraform force-unlock {lock.lock_id}) "
+                              "once the holder is confirmed dead")
                 e = entry(Outcome.ERROR, [
                     f"{targets[0].store.name}: {text(first)}",
                     f"{targets[1].store.name}: {text(second)}",
                     f"DOUBLE LOCK HALF RELEASED: the lock file was deleted but {targets[1].store.name} item "
-                    f"{lock.key} was not: the state STAYS LOCKED. Check the item and release it by hand "
-                    f"(terraform force-unlock {lock.lock_id}) once its holder is confirmed dead.",
+                    f"{lock.key} was not, so the state STAYS LOCKED; {advice}.",
                 ])
                 e.flags = sorted(set(e.flags) | {Flag.DOUBLE_LOCK_PARTIAL.value})
                 if isinstance(second, DeleteResult):

@@ -298,7 +298,7 @@ def test_json_report_is_stable(ddb: Any, tmp_path: Path) -> None:
         docs.append(doc)
     assert docs[0] == docs[1] == docs[2]
     assert list(docs[0]) == ["mode", "started_at", "finished_at", "duration_seconds", "max_deletes_per_run", "stores",
-                             "locks", "alerts", "summary"]
+                             "locks", "alerts", "summary", "liveness_api_calls"]
     keys = [(e["store"], e["lock_path"]) for e in docs[0]["locks"]]
     assert keys == sorted(keys), "locks are listed in a stable order"
 

@@ -1,0 +1,230 @@
+"""Claims: a CI job says "the next lock taken by ``Who`` is mine" before Terraform runs.
+
+``python -m reaper claim`` writes one item to the claims table:
+
+- ``Who`` (S, partition key): ``user@hostname`` computed exactly as Terraform does;
+- ``ClaimedAt`` (S, sort key): RFC 3339 UTC with microseconds, e.g.
+  ``2026-11-22T11:58:03.123456Z`` (fixed width, so string order is time order);
+- ``Provider`` (github / gitlab), ``ApiUrl``, ``Repo`` or ``Project``/``ProjectId``,
+  ``RunId``/``PipelineId``, ``RunAttempt``, ``JobId``, ``JobName``, ``RunnerName``,
+  ``StartedAt``, ``Url`` (a link for humans);
+- ``ExpiresAt`` (N): epoch seconds, the table's TTL attribute.
+
+The reaper joins a lock to the latest claim with the same ``Who`` made at or
+before the lock's ``Created``: ``Query Who = :w AND ClaimedAt <= :created``,
+newest first, ``Limit 1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..models import parse_created
+
+log = logging.getLogger("reaper.liveness.claims")
+
+KEY_SCHEMA = [{"AttributeName": "Who", "KeyType": "HASH"}, {"AttributeName": "ClaimedAt", "KeyType": "RANGE"}]
+ATTRIBUTE_DEFINITIONS = [{"AttributeName": "Who", "AttributeType": "S"}, {"AttributeName": "ClaimedAt", "AttributeType": "S"}]
+TTL_ATTRIBUTE = "ExpiresAt"
+DEFAULT_TTL = timedelta(days=7)
+
+
+def claim_time(at: datetime) -> str:
+    """RFC 3339 UTC with exactly 6 fractional digits: sortable as a string."""
+    if at.tzinfo is None:
+        raise ValueError("claim times must be timezone-aware")
+    return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Claim(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    who: str = Field(min_length=1)
+    claimed_at: datetime
+    provider: str  # "github" | "gitlab"
+    api_url: str | None = None
+    repo: str | None = None  # GitHub owner/name
+    project: str | None = None  # GitLab full path
+    project_id: int | None = None
+    run_id: int | None = None  # GitHub run id / GitLab pipeline id
+    run_attempt: int | None = None
+    job_id: int | None = None
+    job_name: str | None = None
+    runner_name: str | None = None
+    started_at: datetime | None = None
+    url: str | None = None
+    expires_at: int | None = None
+
+    # ---- DynamoDB mapping ------------------------------------------------
+    def to_item(self) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "Who": {"S": self.who},
+            "ClaimedAt": {"S": claim_time(self.claimed_at)},
+            "Provider": {"S": self.provider},
+        }
+        strings = {"ApiUrl": self.api_url, "Repo": self.repo, "Project": self.project, "JobName": self.job_name,
+                   "RunnerName": self.runner_name, "Url": self.url,
+                   "StartedAt": claim_time(self.started_at) if self.started_at else None}
+        numbers = {"ProjectId": self.project_id, "RunId": self.run_id, "RunAttempt": self.run_attempt,
+                   "JobId": self.job_id, TTL_ATTRIBUTE: self.expires_at}
+        for k, v in strings.items():
+            if v:
+                item[k] = {"S": str(v)}
+        for k, v in numbers.items():
+            if v is not None:
+                item[k] = {"N": str(int(v))}
+        return item
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> "Claim":
+        def s(k: str) -> str | None:
+            v = item.get(k)
+            return v.get("S") if isinstance(v, dict) else None
+
+        def n(k: str) -> int | None:
+            v = item.get(k)
+            raw = v.get("N") if isinstance(v, dict) else None
+            return int(raw) if raw not in (None, "") else None
+
+        started = s("StartedAt")
+        return cls(
+            who=s("Who") or "",
+            claimed_at=parse_created(s("ClaimedAt") or ""),
+            provider=(s("Provider") or "").lower(),
+            api_url=s("ApiUrl"),
+            repo=s("Repo"),
+            project=s("Project"),
+            project_id=n("ProjectId"),
+            run_id=n("RunId"),
+            run_attempt=n("RunAttempt"),
+            job_id=n("JobId"),
+            job_name=s("JobName"),
+            runner_name=s("RunnerName"),
+            started_at=parse_created(started) if started else None,
+            url=s("Url"),
+            expires_at=n(TTL_ATTRIBUTE),
+        )
+
+    def describe(self) -> str:
+        if self.provider == "github":
+            job = f" job {self.job_id}" if self.job_id else (f" runner {self.runner_name!r}" if self.runner_name else "")
+            return f"GitHub {self.repo} run {self.run_id} attempt {self.run_attempt or 1}{job}"
+        if self.provider == "gitlab":
+            return f"GitLab {self.project or self.project_id} pipeline {self.run_id} job {self.job_id}"
+        return f"{self.provider} claim"
+
+
+class ClaimError(Exception):
+    """The environment does not describe a CI job, or a value is malformed."""
+
+
+def _int(env: Mapping[str, str], key: str) -> int | None:
+    v = (env.get(key) or "").strip()
+    if not v:
+        return None
+    if not v.isdigit():
+        raise ClaimError(f"{key}={v[:40]!r} is not a number")
+    return int(v)
+
+
+def claim_from_env(
+    env: Mapping[str, str],
+    who: str,
+    now: datetime,
+    ttl: timedelta = DEFAULT_TTL,
+    overrides: Mapping[str, Any] | None = None,
+) -> Claim:
+    """Build the claim from the CI system's own variables (GITHUB_* or CI_*)."""
+    o = {k: v for k, v in (overrides or {}).items() if v is not None}
+    expires = int((now + ttl).timestamp())
+    provider = o.get("provider")
+    if provider is None:
+        if env.get("GITHUB_ACTIONS") == "true" or env.get("GITHUB_RUN_ID"):
+            provider = "github"
+        elif env.get("GITLAB_CI") == "true" or env.get("CI_JOB_ID"):
+            provider = "gitlab"
+        else:
+            raise ClaimError("not running in GitHub Actions or GitLab CI (no GITHUB_RUN_ID or CI_JOB_ID): pass --provider and the ids")
+    if provider == "github":
+        repo = o.get("repo") or env.get("GITHUB_REPOSITORY")
+        run_id = o.get("run_id") or _int(env, "GITHUB_RUN_ID")
+        attempt = o.get("run_attempt") or _int(env, "GITHUB_RUN_ATTEMPT") or 1
+        if not repo or not run_id:
+            raise ClaimError("GitHub claim needs GITHUB_REPOSITORY and GITHUB_RUN_ID (or --repo and --run-id)")
+        server = (env.get("GITHUB_SERVER_URL") or "https://github.com").rstrip("/")
+        url = f"{server}/{repo}/actions/runs/{run_id}" + (f"/attempts/{attempt}" if attempt and attempt > 1 else "")
+        job_id = o.get("job_id") or _int(env, "REAPER_CLAIM_JOB_ID")
+        if job_id:
+            url = f"{server}/{repo}/actions/runs/{run_id}/job/{job_id}"
+        return Claim(
+            who=who, claimed_at=now, provider="github", api_url=o.get("api_url") or env.get("GITHUB_API_URL") or "https://api.github.com",
+            repo=repo, run_id=run_id, run_attempt=attempt, job_id=job_id, job_name=o.get("job_name") or env.get("GITHUB_JOB"),
+            runner_name=o.get("runner_name") or env.get("RUNNER_NAME"), started_at=now, url=url, expires_at=expires,
+        )
+    if provider == "gitlab":
+        project_id = o.get("project_id") or _int(env, "CI_PROJECT_ID")
+        job_id = o.get("job_id") or _int(env, "CI_JOB_ID")
+        if not project_id or not job_id:
+            raise ClaimError("GitLab claim needs CI_PROJECT_ID and CI_JOB_ID (or --project-id and --job-id)")
+        started_raw = env.get("CI_JOB_STARTED_AT")
+        try:
+            started = parse_created(started_raw) if started_raw else now
+        except ValueError:
+            started = now
+        return Claim(
+            who=who, claimed_at=now, provider="gitlab", api_url=o.get("api_url") or env.get("CI_API_V4_URL") or "https://gitlab.com/api/v4",
+            project=o.get("project") or env.get("CI_PROJECT_PATH"), project_id=project_id,
+            run_id=o.get("run_id") or _int(env, "CI_PIPELINE_ID"), job_id=job_id, job_name=env.get("CI_JOB_NAME"),
+            runner_name=env.get("CI_RUNNER_DESCRIPTION"), started_at=started, url=env.get("CI_JOB_URL"), expires_at=expires,
+        )
+    raise ClaimError(f"unknown provider {provider!r}: use github or gitlab")
+
+
+class ClaimStore:
+    """The claims table. The boto3 DynamoDB client is passed in."""
+
+    def __init__(self, client: Any, table: str, counter: Any = None):
+        self.client = client
+        self.table = table
+        self.counter = counter
+        self._memo: dict[tuple[str, str], Claim | None] = {}
+        self._lock = threading.Lock()
+
+    def put(self, claim: Claim) -> None:
+        self.client.put_item(TableName=self.table, Item=claim.to_item())
+
+    def latest(self, who: str, created: datetime) -> Claim | None:
+        """The newest claim by ``who`` made at or before ``created`` (memoised per run)."""
+        key = (who, claim_time(created))
+        with self._lock:
+            if key in self._memo:
+                if self.counter is not None:
+                    self.counter.memo("claims.query")
+                return self._memo[key]
+        try:
+            resp = self.client.query(
+                TableName=self.table,
+                KeyConditionExpression="#w = :w AND #c <= :c",
+                ExpressionAttributeNames={"#w": "Who", "#c": "ClaimedAt"},
+                ExpressionAttributeValues={":w": {"S": who}, ":c": {"S": key[1]}},
+                ScanIndexForward=False,
+                Limit=1,
+            )
+        except Exception as exc:
+            if self.counter is not None:
+                meta = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {})
+                self.counter.call("claims.query", meta.get("HTTPStatusCode") or "error")
+            raise
+        if self.counter is not None:
+            self.counter.call("claims.query", 200)
+        items = resp.get("Items") or []
+        claim = Claim.from_item(items[0]) if items else None
+        with self._lock:
+            self._memo[key] = claim
+        return claim

@@ -1,0 +1,154 @@
+"""Combine the checkers' answers into one fact for the decision.
+
+- any checker says alive -> **alive** (one live signal is enough to keep);
+- otherwise, at least one positive proof of death -> **dead**;
+- otherwise -> **unknown** (which means keep).
+
+Every answer's evidence is kept, and the fact names the checkers that were
+asked. A checker is anything with ``check(lock, now)`` (the LivenessChecker
+port) and a ``name``; it says "not applicable" by returning ``None`` or by an
+``applies(lock)`` method returning False. An exception from one checker is an
+unknown answer from it, never a dead one. Another store type (e.g. HCP
+Terraform) adds its own checker with ``register``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..models import Evidence, Liveness, LivenessFact, LockRecord
+from .claims import ClaimStore
+from .facts import ev, unknown
+
+log = logging.getLogger("reaper.liveness")
+
+
+@dataclass
+class Answer:
+    checker: str
+    fact: LivenessFact
+
+
+@dataclass
+class Detailed:
+    fact: LivenessFact
+    answers: list[Answer] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # not applicable to this lock
+
+
+def _name(checker: Any) -> str:
+    return str(getattr(checker, "name", None) or type(checker).__name__)
+
+
+class CompositeChecker:
+    def __init__(self, checkers: list[Any] | None = None, counter: Any = None):
+        self.checkers: list[Any] = list(checkers or [])
+        self.counter = counter
+
+    def register(self, checker: Any, first: bool = False) -> None:
+        if first:
+            self.checkers.insert(0, checker)
+        else:
+            self.checkers.append(checker)
+
+    @property
+    def names(self) -> list[str]:
+        return [_name(c) for c in self.checkers]
+
+    def stats(self) -> dict[str, Any]:
+        """API calls made so far (per kind and status), for the run report and the benchmark."""
+        return self.counter.to_dict() if self.counter is not None else {}
+
+    def check(self, lock: LockRecord, now: datetime) -> LivenessFact:
+        return self.check_detailed(lock, now).fact
+
+    def check_detailed(self, lock: LockRecord, now: datetime) -> Detailed:
+        answers: list[Answer] = []
+        skipped: list[str] = []
+        for checker in self.checkers:
+            name = _name(checker)
+            try:
+                applies = getattr(checker, "applies", None)
+                if callable(applies) and not applies(lock):
+                    skipped.append(name)
+                    continue
+                result = checker.check(lock, now)
+            except Exception as exc:  # one broken checker is an unknown answer, never a dead one
+                log.warning("liveness checker %s failed on %s: %s", name, lock.key, type(exc).__name__)
+                detail = f"checker failed: {type(exc).__name__}"
+                result = unknown(name, detail, ev(name, detail, status="error"))
+            if result is None:
+                skipped.append(name)
+                continue
+            answers.append(Answer(name, result))
+        return Detailed(fact=combine(answers), answers=answers, skipped=skipped)
+
+
+def combine(answers: list[Answer]) -> LivenessFact:
+    asked = tuple(dict.fromkeys(a.checker for a in answers))
+    evidence: tuple[Evidence, ...] = tuple(e for a in answers for e in a.fact.evidence)
+    by_state: dict[Liveness, list[Answer]] = {s: [a for a in answers if a.fact.state is s] for s in Liveness}
+    if by_state[Liveness.ALIVE]:
+        reason = "; ".join(f"{a.checker}: {a.fact.reason}" for a in by_state[Liveness.ALIVE])
+        return LivenessFact(state=Liveness.ALIVE, reason=reason, evidence=evidence, checkers=asked)
+    if by_state[Liveness.DEAD]:
+        reason = "; ".join(f"{a.checker}: {a.fact.reason}" for a in by_state[Liveness.DEAD])
+        return LivenessFact(state=Liveness.DEAD, reason=reason, evidence=evidence, checkers=asked)
+    if not answers:
+        return LivenessFact(state=Liveness.UNKNOWN, reason="no liveness evidence applies to this lock "
+                            "(no claim table, runner mapping, repo/project mapping or state object)", checkers=asked)
+    reason = "; ".join(f"{a.checker}: {a.fact.reason}" for a in by_state[Liveness.UNKNOWN])
+    return LivenessFact(state=Liveness.UNKNOWN, reason=reason, evidence=evidence, checkers=asked)
+
+
+class ClaimsChecker:
+    """Join the lock to the latest claim by the same ``Who`` made before ``Created``,
+    then ask that claim's provider (matched by API URL) about the run/job."""
+
+    name = "claims"
+
+    def __init__(self, store: ClaimStore, verifiers: dict[str, Any], api_urls: dict[str, str]):
+        self.store = store
+        self.verifiers = verifiers  # provider label -> verifier with .verify(claim, lock, now)
+        self.api_urls = api_urls  # provider label -> normalised api_url
+
+    def _verifier(self, provider: str, api_url: str | None) -> tuple[Any, str] | None:
+        want = (api_url or "").rstrip("/").lower()
+        same_type = [(label, v) for label, v in self.verifiers.items() if getattr(v, "provider_type", "") == provider]
+        for label, v in same_type:
+            if want and self.api_urls.get(label, "").lower() == want:
+                return v, label
+        if not want and len(same_type) == 1:
+            return same_type[0][1], same_type[0][0]
+        return None
+
+    def applies(self, lock: LockRecord) -> bool:
+        return lock.info is not None
+
+    def check(self, lock: LockRecord, now: datetime) -> LivenessFact | None:
+        if lock.info is None:
+            return None
+        src = self.name
+        who, created = lock.info.Who, lock.info.Created
+        try:
+            claim = self.store.latest(who, created)
+        except Exception as exc:
+            resp = getattr(exc, "response", None) or {}
+            code = str(resp.get("Error", {}).get("Code", "") or type(exc).__name__)
+            detail = f"claims table query failed ({code})"
+            return unknown(src, detail, ev(src, detail, f"dynamodb://{self.store.table}", "error"))
+        if claim is None:
+            detail = f"no claim by {who!r} made before the lock was created"
+            return unknown(src, detail, ev(src, detail, f"dynamodb://{self.store.table}", "no-claim"))
+        found = self._verifier(claim.provider, claim.api_url)
+        if found is None:
+            detail = (f"claim {claim.describe()} is for {claim.provider} at {claim.api_url or '(no api url)'}, "
+                      f"which no configured provider serves")
+            return unknown(src, detail, ev(src, detail, claim.url, "no-provider", claim.claimed_at))
+        verifier, label = found
+        fact = verifier.verify(claim, lock, now)
+        note = ev(src, f"claim by {who}: {claim.describe()} (provider {label})", claim.url, "claimed", claim.claimed_at)
+        return LivenessFact(state=fact.state, reason=fact.reason, evidence=(note, *fact.evidence), checkers=(src,))

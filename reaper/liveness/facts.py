@@ -1,0 +1,113 @@
+"""Small helpers the checkers share to build facts with evidence (pure, no I/O)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from ..durations import format_duration
+from ..models import Evidence, Liveness, LivenessFact, parse_created
+from .http import ApiError
+
+T = TypeVar("T")
+
+
+def ev(source: str, detail: str, url: str | None = None, status: str | None = None, at: datetime | None = None) -> Evidence:
+    return Evidence(source=source, detail=detail, url=url, status=status, at=at)
+
+
+def fact(state: Liveness, source: str, reason: str, *evidence: Evidence) -> LivenessFact:
+    return LivenessFact(state=state, reason=reason, evidence=tuple(evidence), checkers=(source,))
+
+
+def alive(source: str, reason: str, *evidence: Evidence) -> LivenessFact:
+    return fact(Liveness.ALIVE, source, reason, *evidence)
+
+
+def dead(source: str, reason: str, *evidence: Evidence) -> LivenessFact:
+    return fact(Liveness.DEAD, source, reason, *evidence)
+
+
+def unknown(source: str, reason: str, *evidence: Evidence) -> LivenessFact:
+    return fact(Liveness.UNKNOWN, source, reason, *evidence)
+
+
+def from_error(source: str, what: str, exc: ApiError) -> LivenessFact:
+    """Any API failure is unknown, never dead."""
+    status = str(exc.status) if exc.status else type(exc).__name__
+    return unknown(source, f"{what}: {exc.reason}", ev(source, f"{what}: {exc.reason}", url=exc.url, status=status))
+
+
+def ts(value: Any) -> datetime | None:
+    """Parse an API timestamp (RFC 3339 / ISO 8601 with offset); None when absent or malformed."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return parse_created(value)
+    except ValueError:
+        return None
+
+
+def judge_finished(
+    source: str,
+    what: str,
+    finished_at: datetime | None,
+    created: datetime,
+    now: datetime,
+    grace: timedelta,
+    skew: timedelta,
+    url: str | None,
+    status: str,
+) -> LivenessFact:
+    """A finished job/run: dead after the grace period, unless it ended before the lock existed."""
+    if finished_at is None:
+        return unknown(source, f"{what} is {status} but reports no finish time", ev(source, f"{what}: {status}, no finish time", url, status))
+    if finished_at < created - skew:
+        detail = (f"{what} finished at {finished_at.isoformat()}, before the lock was created "
+                  f"({created.isoformat()}): it is not this lock's holder")
+        return unknown(source, detail, ev(source, detail, url, status, finished_at))
+    ago = now - finished_at
+    if ago < grace:
+        detail = f"{what} finished {format_duration(ago)} ago ({status}), within the {format_duration(grace)} grace period"
+        return alive(source, detail, ev(source, detail, url, status, finished_at))
+    detail = f"{what} finished {format_duration(ago)} ago ({status})"
+    return dead(source, detail, ev(source, detail, url, status, finished_at))
+
+
+class Memo:
+    """Per-run memo of API answers, errors included (a failing endpoint is asked once)."""
+
+    def __init__(self, counter: Any = None):
+        self._data: dict[Any, tuple[bool, Any]] = {}
+        self._lock = threading.Lock()
+        self.counter = counter
+
+    def get(self, kind: str, key: Any, fn: Callable[[], T]) -> T:
+        with self._lock:
+            hit = self._data.get((kind, key))
+        if hit is not None:
+            if self.counter is not None:
+                self.counter.memo(kind)
+            ok, value = hit
+            if ok:
+                return value
+            raise value
+        try:
+            value = fn()
+        except ApiError as exc:
+            with self._lock:
+                self._data[(kind, key)] = (False, exc)
+            raise
+        with self._lock:
+            self._data[(kind, key)] = (True, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+def ago(now: datetime, then: datetime) -> str:
+    return format_duration(now - then)

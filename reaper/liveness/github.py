@@ -1,0 +1,263 @@
+"""GitHub Actions evidence (github.com or a GitHub Enterprise Server ``api_url``).
+
+Three kinds of evidence, each conservative:
+
+- **claims** (``GitHubClaimVerifier``): the claimed run attempt's jobs. Jobs
+  still queued/in progress/waiting mean alive; all completed means dead once the
+  grace period after the last ``completed_at`` has passed. A job that finished
+  before the lock was created is not its holder (unknown).
+- **self-hosted runners** (``GitHubRunnersChecker``): for hostnames the policy
+  names as runners of an org or repo (the runner name defaults to the hostname),
+  busy means alive; online and idle, or gone from every listed scope, means dead;
+  offline means unknown.
+- **repo mapping** (``GitHubReposChecker``): a rule says its locks are only
+  taken by CI in some repos. Any active run there that started before the lock
+  was created means alive; none (with every list complete) means dead.
+
+API answers are memoised per run (one runners list per org or repo, one jobs
+list per run attempt, one runs list per repo and status).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from ..models import LivenessFact, LockRecord
+from .claims import Claim
+from .facts import Memo, alive, dead, ev, from_error, judge_finished, ts, unknown
+from .http import ApiError, JsonApi
+from .identity import parse_who
+
+GITHUB_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+ACTIVE_JOB_STATUSES = {"queued", "in_progress", "waiting", "requested", "pending"}
+
+
+def web_url(api_url: str) -> str:
+    """https://api.github.com -> https://github.com; https://ghe.example.com/api/v3 -> https://ghe.example.com"""
+    api_url = api_url.rstrip("/")
+    if api_url.startswith("https://api.github.com"):
+        return "https://github.com"
+    if api_url.endswith("/api/v3"):
+        return api_url[: -len("/api/v3")]
+    return api_url
+
+
+class GitHubApi:
+    """The few GitHub REST calls the checkers need, memoised for one run."""
+
+    def __init__(self, api: JsonApi, label: str = "github"):
+        self.api = api
+        self.label = label
+        self.memo = Memo(api.counter)
+        self.web = web_url(api.base_url)
+
+    def attempt_jobs(self, repo: str, run_id: int, attempt: int) -> tuple[list[dict[str, Any]], bool]:
+        path = f"repos/{repo}/actions/runs/{run_id}/attempts/{attempt}/jobs"
+        return self.memo.get("github.attempt_jobs", (repo, run_id, attempt),
+                             lambda: self.api.get_all(path, kind="github.attempt_jobs", params={"per_page": 100}, items_key="jobs"))
+
+    def job(self, repo: str, job_id: int) -> dict[str, Any]:
+        def fetch() -> dict[str, Any]:
+            body = self.api.get(f"repos/{repo}/actions/jobs/{job_id}", kind="github.job").body
+            if not isinstance(body, dict):
+                raise ApiError("github.job: unexpected response shape", kind="github.job")
+            return body
+
+        return self.memo.get("github.job", (repo, job_id), fetch)
+
+    def runners(self, org: str | None, repo: str | None) -> tuple[list[dict[str, Any]], bool]:
+        if org:
+            path, kind, key = f"orgs/{quote(org)}/actions/runners", "github.runners.org", org
+        else:
+            path, kind, key = f"repos/{repo}/actions/runners", "github.runners.repo", repo
+        return self.memo.get(kind, key, lambda: self.api.get_all(path, kind=kind, params={"per_page": 100}, items_key="runners"))
+
+    def runs(self, repo: str, status: str) -> tuple[list[dict[str, Any]], bool]:
+        path = f"repos/{repo}/actions/runs"
+        return self.memo.get("github.runs", (repo, status), lambda: self.api.get_all(
+            path, kind="github.runs", params={"status": status, "per_page": 100, "exclude_pull_requests": "true"},
+            items_key="workflow_runs"))
+
+
+def _job_label(job: dict[str, Any]) -> str:
+    return f"job {job.get('name')!r} ({job.get('id')})"
+
+
+class GitHubClaimVerifier:
+    """Is the claimed GitHub Actions job still running?"""
+
+    source = "github-claim"
+    provider_type = "github"
+
+    def __init__(self, gh: GitHubApi, grace: timedelta, skew: timedelta):
+        self.gh = gh
+        self.grace = grace
+        self.skew = skew
+
+    def verify(self, claim: Claim, lock: LockRecord, now: datetime) -> LivenessFact:
+        src = self.source
+        created = lock.info.Created  # type: ignore[union-attr]
+        if not claim.repo or not claim.run_id:
+            return unknown(src, f"claim by {claim.who} has no repo/run id")
+        try:
+            if claim.job_id:
+                jobs = [self.gh.job(claim.repo, claim.job_id)]
+                scope = f"{claim.describe()}"
+            else:
+                all_jobs, complete = self.gh.attempt_jobs(claim.repo, claim.run_id, claim.run_attempt or 1)
+                mine = [j for j in all_jobs if claim.runner_name and j.get("runner_name") == claim.runner_name]
+                if mine:
+                    jobs, scope = mine, f"{claim.describe()}"
+                else:
+                    if not complete:
+                        return unknown(src, f"{claim.describe()}: the job list is longer than the page limit",
+                                       ev(src, "job list incomplete", claim.url))
+                    jobs, scope = all_jobs, f"GitHub {claim.repo} run {claim.run_id} attempt {claim.run_attempt or 1} (all jobs)"
+        except ApiError as exc:
+            return from_error(src, claim.describe(), exc)
+        if not jobs:
+            return unknown(src, f"{scope}: no jobs reported", ev(src, "no jobs in the run attempt", claim.url))
+        active = [j for j in jobs if j.get("status") != "completed"]
+        if active:
+            j = active[0]
+            started = ts(j.get("started_at"))
+            if j.get("status") not in ACTIVE_JOB_STATUSES:
+                return unknown(src, f"{scope}: {_job_label(j)} has status {j.get('status')!r}",
+                               ev(src, f"unrecognised status {j.get('status')!r}", j.get("html_url") or claim.url, str(j.get("status"))))
+            detail = f"{scope}: {_job_label(j)} is {j.get('status')}"
+            return alive(src, detail, ev(src, detail, j.get("html_url") or claim.url, str(j.get("status")), started))
+        finished = [ts(j.get("completed_at")) for j in jobs]
+        if any(f is None for f in finished):
+            return unknown(src, f"{scope}: a completed job has no completed_at", ev(src, "completed_at missing", claim.url))
+        last_i = max(range(len(jobs)), key=lambda i: finished[i])  # type: ignore[arg-type,return-value]
+        last = jobs[last_i]
+        status = f"completed/{last.get('conclusion') or 'none'}"
+        return judge_finished(src, f"{scope}: {_job_label(last)}", finished[last_i], created, now, self.grace, self.skew,
+                              last.get("html_url") or claim.url, status)
+
+
+class GitHubRunnersChecker:
+    """Self-hosted runners named after the lock's hostname."""
+
+    name = "github-runners"
+
+    def __init__(self, gh: GitHubApi, scopes: list[Any]):
+        self.gh = gh
+        self.scopes = scopes
+
+    def _matching(self, host: str) -> list[Any]:
+        return [s for s in self.scopes if any(fnmatch.fnmatchcase(host, g) for g in s.hosts)]
+
+    def applies(self, lock: LockRecord) -> bool:
+        return lock.info is not None and bool(self._matching(parse_who(lock.info.Who).host))
+
+    def check(self, lock: LockRecord, now: datetime) -> LivenessFact | None:
+        if lock.info is None:
+            return None
+        src = self.name
+        host = parse_who(lock.info.Who).host
+        scopes = self._matching(host)
+        if not scopes:
+            return None
+        evidence = []
+        idle: list[str] = []
+        uncertain = False
+        for scope in scopes:
+            page = (f"{self.gh.web}/organizations/{scope.org}/settings/actions/runners" if scope.org
+                    else f"{self.gh.web}/{scope.repo}/settings/actions/runners")
+            try:
+                runners, complete = self.gh.runners(scope.org, scope.repo)
+            except ApiError as exc:
+                uncertain = True
+                evidence.append(ev(src, f"runners of {scope.label}: {exc.reason}", exc.url, str(exc.status or "error")))
+                continue
+            names = {host.casefold(), host.split(".")[0].casefold()}  # the runner name defaults to the short hostname
+            found = [r for r in runners if str(r.get("name", "")).casefold() in names]
+            if found:
+                r = found[0]
+                state = f"{r.get('status')}, {'busy' if r.get('busy') else 'idle'}"
+                if r.get("busy") is True:
+                    detail = f"self-hosted runner {host!r} ({scope.label}) is busy"
+                    return alive(src, detail, *evidence, ev(src, detail, page, state))
+                if r.get("status") == "online" and r.get("busy") is False:
+                    idle.append(scope.label)
+                    evidence.append(ev(src, f"self-hosted runner {host!r} ({scope.label}) is online and idle", page, state))
+                else:
+                    uncertain = True
+                    evidence.append(ev(src, f"self-hosted runner {host!r} ({scope.label}) is {state}: proves nothing", page, state))
+            elif complete:
+                evidence.append(ev(src, f"no runner named {host!r} among {len(runners)} runners of {scope.label}", page, "gone"))
+            else:
+                uncertain = True
+                evidence.append(ev(src, f"runners of {scope.label}: list longer than the page limit", page, "incomplete"))
+        if idle:
+            return dead(src, f"self-hosted runner {host!r} is online and idle ({', '.join(idle)})", *evidence)
+        if uncertain:
+            return unknown(src, f"self-hosted runner {host!r}: no proof either way", *evidence)
+        labels = ", ".join(s.label for s in scopes)
+        return dead(src, f"self-hosted runner {host!r} is gone (not registered in {labels})", *evidence)
+
+
+class GitHubReposChecker:
+    """A rule's repo mapping: active runs that started before the lock was created."""
+
+    name = "github-repos"
+
+    def __init__(self, apis: dict[str, tuple[GitHubApi, list[str]]], policy: Any):
+        self.apis = apis  # provider label -> (api, active run statuses)
+        self.policy = policy
+
+    def _mapping(self, lock: LockRecord) -> tuple[Any, Any] | None:
+        if lock.info is None:
+            return None
+        rule = self.policy.rule_for(lock.lock_path, lock.info.Operation)
+        m = getattr(rule, "liveness", None) if rule is not None else None
+        if m is None or not m.github_repos or not m.applies_to(lock.info.Who):
+            return None
+        return rule, m
+
+    def applies(self, lock: LockRecord) -> bool:
+        return self._mapping(lock) is not None
+
+    def check(self, lock: LockRecord, now: datetime) -> LivenessFact | None:
+        found = self._mapping(lock)
+        if found is None:
+            return None
+        rule, m = found
+        src = self.name
+        provider = self.policy.liveness.provider("github", m.github_provider)
+        entry = self.apis.get(provider.label) if provider is not None else None
+        if entry is None:
+            return unknown(src, f"rule {rule.label}: no GitHub provider for its repo mapping")
+        gh, statuses = entry
+        created = lock.info.Created  # type: ignore[union-attr]
+        skew = self.policy.clock_skew
+        evidence = []
+        uncertain = False
+        for repo in m.github_repos:
+            for status in statuses:
+                try:
+                    runs, complete = gh.runs(repo, status)
+                except ApiError as exc:
+                    uncertain = True
+                    evidence.append(ev(src, f"{repo} {status} runs: {exc.reason}", exc.url, str(exc.status or "error")))
+                    continue
+                if not complete:
+                    uncertain = True
+                    evidence.append(ev(src, f"{repo} {status} runs: more than the page limit", None, "incomplete"))
+                for run in runs:
+                    started = ts(run.get("run_started_at")) or ts(run.get("created_at"))
+                    if started is None or started <= created + skew:
+                        detail = (f"{repo}: run {run.get('id')} ({run.get('name')!r}) is {run.get('status')}, started "
+                                  f"{started.isoformat() if started else 'at an unknown time'}, before the lock")
+                        return alive(src, detail, *evidence, ev(src, detail, run.get("html_url"), str(run.get("status")), started))
+        if uncertain:
+            return unknown(src, f"rule {rule.label}: could not list every active run", *evidence)
+        repos = ", ".join(m.github_repos)
+        detail = f"no {'/'.join(statuses)} run started before the lock in {repos} (rule {rule.label} maps these repos)"
+        urls = [f"{gh.web}/{r}/actions" for r in m.github_repos]
+        return dead(src, detail, *evidence, *(ev(src, f"{r}: no active run older than the lock", u, "none")
+                                             for r, u in zip(m.github_repos, urls)))

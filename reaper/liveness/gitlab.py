@@ -1,0 +1,162 @@
+"""GitLab CI evidence (gitlab.com or a self-managed ``api_url``).
+
+- **claims** (``GitLabClaimVerifier``): ``GET /projects/:id/jobs/:job_id``.
+  Running, pending, preparing, canceling (``after_script`` still runs) and other
+  not-yet-finished statuses mean alive; success/failed/canceled/skipped mean
+  dead once the grace period after ``finished_at`` has passed.
+- **project jobs** (``GitLabJobsChecker``): the Docker executor's hostname
+  ``runner-<token>-project-<id>-concurrent-<n>`` (Kubernetes adds a suffix)
+  names the project, and a rule may map its paths to projects. Any live job
+  (``scope[]=running&scope[]=pending``, plus ``canceling`` by default) that
+  started before the lock was created means alive; none means dead.
+
+One live-jobs list per project per run; pagination by ``X-Next-Page``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from ..models import LivenessFact, LockRecord
+from .claims import Claim
+from .facts import Memo, alive, dead, ev, from_error, judge_finished, ts, unknown
+from .http import ApiError, JsonApi
+from .identity import parse_who
+
+DEFAULT_RUNNER_HOSTS = ["runner-*-project-*-concurrent-*"]
+FINISHED = {"success", "failed", "canceled", "skipped"}
+NOT_FINISHED = {"running", "pending", "preparing", "canceling", "created", "waiting_for_resource",
+                "waiting_for_callback", "scheduled"}
+
+
+def web_url(api_url: str) -> str:
+    api_url = api_url.rstrip("/")
+    return api_url[: -len("/api/v4")] if api_url.endswith("/api/v4") else api_url
+
+
+def _project_ref(project: int | str) -> str:
+    return str(project) if isinstance(project, int) else quote(str(project), safe="")
+
+
+class GitLabApi:
+    def __init__(self, api: JsonApi, label: str = "gitlab", live_scopes: list[str] | None = None):
+        self.api = api
+        self.label = label
+        self.live_scopes = list(live_scopes or ["running", "pending", "canceling"])
+        self.memo = Memo(api.counter)
+        self.web = web_url(api.base_url)
+
+    def job(self, project: int | str, job_id: int) -> dict[str, Any]:
+        def fetch() -> dict[str, Any]:
+            body = self.api.get(f"projects/{_project_ref(project)}/jobs/{job_id}", kind="gitlab.job").body
+            if not isinstance(body, dict):
+                raise ApiError("gitlab.job: unexpected response shape", kind="gitlab.job")
+            return body
+
+        return self.memo.get("gitlab.job", (str(project), job_id), fetch)
+
+    def live_jobs(self, project: int | str) -> tuple[list[dict[str, Any]], bool]:
+        params = [("scope[]", s) for s in self.live_scopes] + [("per_page", 100)]
+        return self.memo.get("gitlab.live_jobs", str(project), lambda: self.api.get_all(
+            f"projects/{_project_ref(project)}/jobs", kind="gitlab.live_jobs", params=params))
+
+
+class GitLabClaimVerifier:
+    source = "gitlab-claim"
+    provider_type = "gitlab"
+
+    def __init__(self, gl: GitLabApi, grace: timedelta, skew: timedelta):
+        self.gl = gl
+        self.grace = grace
+        self.skew = skew
+
+    def verify(self, claim: Claim, lock: LockRecord, now: datetime) -> LivenessFact:
+        src = self.source
+        project = claim.project_id or claim.project
+        if not project or not claim.job_id:
+            return unknown(src, f"claim by {claim.who} has no project/job id")
+        try:
+            job = self.gl.job(project, claim.job_id)
+        except ApiError as exc:
+            return from_error(src, claim.describe(), exc)
+        status = str(job.get("status"))
+        url = job.get("web_url") or claim.url
+        what = f"{claim.describe()} ({job.get('name')!r})"
+        if status in NOT_FINISHED:
+            detail = f"{what} is {status}"
+            return alive(src, detail, ev(src, detail, url, status, ts(job.get("started_at"))))
+        if status in FINISHED:
+            created = lock.info.Created  # type: ignore[union-attr]
+            return judge_finished(src, what, ts(job.get("finished_at")), created, now, self.grace, self.skew, url, status)
+        return unknown(src, f"{what} has status {status!r}", ev(src, f"unrecognised status {status!r}", url, status))
+
+
+class GitLabJobsChecker:
+    """Live jobs in the project named by the runner hostname, or mapped by the lock's rule."""
+
+    name = "gitlab-jobs"
+
+    def __init__(self, apis: dict[str, tuple[GitLabApi, list[str] | None]], policy: Any):
+        self.apis = apis  # provider label -> (api, runner host globs or None for the default)
+        self.policy = policy
+
+    def _targets(self, lock: LockRecord) -> list[tuple[GitLabApi, int | str, str]]:
+        if lock.info is None:
+            return []
+        out: list[tuple[GitLabApi, int | str, str]] = []
+        who = parse_who(lock.info.Who)
+        project = who.gitlab_project()
+        if project is not None:
+            for gl, hosts in self.apis.values():
+                if any(fnmatch.fnmatchcase(who.host, g) for g in (hosts or DEFAULT_RUNNER_HOSTS)):
+                    out.append((gl, project, f"runner hostname {who.host!r}"))
+        rule = self.policy.rule_for(lock.lock_path, lock.info.Operation)
+        m = getattr(rule, "liveness", None) if rule is not None else None
+        if m is not None and m.gitlab_projects and m.applies_to(lock.info.Who):
+            provider = self.policy.liveness.provider("gitlab", m.gitlab_provider)
+            entry = self.apis.get(provider.label) if provider is not None else None
+            if entry is not None:
+                for p in m.gitlab_projects:
+                    if not any(t[0] is entry[0] and str(t[1]) == str(p) for t in out):
+                        out.append((entry[0], p, f"rule {rule.label}"))
+        return out
+
+    def applies(self, lock: LockRecord) -> bool:
+        return bool(self._targets(lock))
+
+    def check(self, lock: LockRecord, now: datetime) -> LivenessFact | None:
+        targets = self._targets(lock)
+        if not targets:
+            return None
+        src = self.name
+        created = lock.info.Created  # type: ignore[union-attr]
+        skew = self.policy.clock_skew
+        evidence = []
+        uncertain = False
+        for gl, project, why in targets:
+            page = f"{gl.web}/{project}/-/jobs" if isinstance(project, str) else gl.api.url(f"projects/{project}/jobs")
+            try:
+                jobs, complete = gl.live_jobs(project)
+            except ApiError as exc:
+                uncertain = True
+                evidence.append(ev(src, f"project {project} ({why}): {exc.reason}", exc.url, str(exc.status or "error")))
+                continue
+            for job in jobs:
+                started = ts(job.get("started_at"))
+                if started is None or started <= created + skew:
+                    when = f"started {started.isoformat()}" if started else "not started yet"
+                    detail = f"project {project} ({why}): job {job.get('id')} ({job.get('name')!r}) is {job.get('status')}, {when}"
+                    return alive(src, detail, *evidence, ev(src, detail, job.get("web_url") or page, str(job.get("status")), started))
+            if not complete:
+                uncertain = True
+                evidence.append(ev(src, f"project {project}: more live jobs than the page limit", page, "incomplete"))
+            else:
+                evidence.append(ev(src, f"project {project} ({why}): no {'/'.join(gl.live_scopes)} job started before the lock",
+                                   page, "none"))
+        if uncertain:
+            return unknown(src, "could not list every live job", *evidence)
+        projects = ", ".join(str(t[1]) for t in targets)
+        return dead(src, f"no live job started before the lock in project {projects}", *evidence)

@@ -1,0 +1,420 @@
+"""A small JSON-over-HTTP client for the CI APIs, on urllib3 (shipped with botocore).
+
+What it does for every call, so the checkers need not:
+- a timeout (connect and total) on every request;
+- ETag conditional requests (``If-None-Match``), with a bounded cache that can
+  outlive one run (a warm Lambda): a 304 costs nothing against GitHub's limit;
+- rate limits: ``Retry-After`` is honoured (one short wait, else the provider is
+  paused for the rest of the run), ``X-RateLimit-Remaining`` /
+  ``RateLimit-Remaining`` at or below a reserve pauses the provider until reset;
+- a per-run budget of calls;
+- pagination by ``Link: rel="next"`` (GitHub, GitLab) or ``X-Next-Page`` (GitLab);
+- a count of calls per kind and per status (``ApiCounter``).
+
+Every failure raises ``ApiError`` (the checkers turn it into *unknown*). Tokens
+are only ever placed in request headers: never in a URL, an exception, a log
+line or the ETag cache key (which holds a SHA-256 fingerprint of the header).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import urllib3
+
+log = logging.getLogger("reaper.liveness.http")
+
+USER_AGENT = "lock-reaper (+liveness)"
+
+
+class ApiError(Exception):
+    """A call that gave no usable answer. ``reason`` is safe to show (no secrets)."""
+
+    def __init__(self, reason: str, *, url: str | None = None, status: int | None = None, kind: str = ""):
+        self.reason = reason
+        self.url = url
+        self.status = status
+        self.kind = kind
+        super().__init__(reason)
+
+
+class RateLimited(ApiError):
+    pass
+
+
+class AuthError(ApiError):
+    """The token could not be obtained (secret missing, App exchange failed)."""
+
+
+class ApiCounter:
+    """API calls per kind and per status, for the run report and the benchmark."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+        self.statuses: Counter[str] = Counter()
+        self.memo_hits: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+
+    def call(self, kind: str, status: int | str) -> None:
+        with self._lock:
+            self.calls[kind] += 1
+            self.statuses[str(status)] += 1
+
+    def memo(self, kind: str) -> None:
+        with self._lock:
+            self.memo_hits[kind] += 1
+
+    def skip(self, kind: str) -> None:
+        with self._lock:
+            self.skipped[kind] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "total": sum(self.calls.values()),
+                "by_kind": dict(sorted(self.calls.items())),
+                "by_status": dict(sorted(self.statuses.items())),
+                "not_modified": self.statuses.get("304", 0),
+                "memo_hits": dict(sorted(self.memo_hits.items())),
+                "skipped": dict(sorted(self.skipped.items())),
+            }
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls.clear()
+            self.statuses.clear()
+            self.memo_hits.clear()
+            self.skipped.clear()
+
+
+@dataclass
+class _Cached:
+    etag: str
+    body: Any
+    headers: dict[str, str]
+
+
+class EtagCache:
+    """Bounded LRU of (url, auth fingerprint) -> (ETag, parsed body, paging headers)."""
+
+    def __init__(self, max_entries: int = 2048):
+        self.max_entries = max_entries
+        self._data: OrderedDict[tuple[str, str], _Cached] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> _Cached | None:
+        with self._lock:
+            hit = self._data.get(key)
+            if hit is not None:
+                self._data.move_to_end(key)
+            return hit
+
+    def put(self, key: tuple[str, str], value: _Cached) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+# One cache per process: a warm Lambda keeps its ETags from run to run.
+SHARED_ETAGS = EtagCache()
+
+# Dropped by urllib3 when a redirect leaves the host.
+_SECRET_HEADERS = ("Authorization", "Proxy-Authorization", "Cookie", "PRIVATE-TOKEN", "JOB-TOKEN")
+
+_KEEP_HEADERS = ("link", "x-next-page", "x-total", "x-total-pages", "etag")
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+    url: str = ""
+    from_cache: bool = False
+
+
+def _fingerprint(headers: Mapping[str, str]) -> str:
+    auth = headers.get("Authorization") or headers.get("PRIVATE-TOKEN") or ""
+    return hashlib.sha256(auth.encode()).hexdigest()[:16] if auth else "-"
+
+
+_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?([^";]+)"?')
+
+
+def next_link(headers: Mapping[str, str], url: str) -> str | None:
+    """The next page's URL from ``Link`` (rel="next") or GitLab's ``X-Next-Page``."""
+    for target, rel in _LINK.findall(headers.get("link", "")):
+        if "next" in rel.split():
+            return target
+    nxt = (headers.get("x-next-page") or "").strip()
+    if nxt.isdigit():
+        parts = urlsplit(url)
+        q = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "page"] + [("page", nxt)]
+        return urlunsplit(parts._replace(query=urlencode(q)))
+    return None
+
+
+def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    value = (headers.get("retry-after") or "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError):
+        return None
+
+
+def _remaining(headers: Mapping[str, str]) -> tuple[int | None, float | None]:
+    rem = headers.get("x-ratelimit-remaining") or headers.get("ratelimit-remaining")
+    reset = headers.get("x-ratelimit-reset") or headers.get("ratelimit-reset")
+    try:
+        r = int(rem) if rem is not None else None
+    except ValueError:
+        r = None
+    try:
+        t = float(reset) if reset is not None else None
+    except ValueError:
+        t = None
+    return r, t
+
+
+class JsonApi:
+    """One provider's API (e.g. GitHub at https://api.github.com) for one run.
+
+    ``auth`` returns the auth headers; it is called lazily, so no secret is
+    fetched unless a candidate lock needs this provider.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        base_url: str,
+        pool: urllib3.PoolManager,
+        auth: Callable[[], dict[str, str]] | None = None,
+        *,
+        counter: ApiCounter | None = None,
+        etags: EtagCache | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+        max_retry_wait: float = 10.0,
+        rate_limit_reserve: int = 100,
+        max_calls: int = 1000,
+        max_pages: int = 10,
+        sleep: Callable[[float], None] = time.sleep,
+        wallclock: Callable[[], float] = time.time,
+    ):
+        self.provider = provider
+        self.base_url = base_url.rstrip("/")
+        self.pool = pool
+        self.auth = auth
+        self.counter = counter or ApiCounter()
+        self.etags = etags if etags is not None else SHARED_ETAGS
+        self.extra_headers = dict(extra_headers or {})
+        self.timeout = timeout
+        self.max_retry_wait = max_retry_wait
+        self.rate_limit_reserve = rate_limit_reserve
+        self.max_calls = max_calls
+        self.max_pages = max_pages
+        self.sleep = sleep
+        self.wallclock = wallclock
+        self.calls = 0
+        self.paused_until: float | None = None
+        self.pause_reason = ""
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------
+    def url(self, path: str, params: Iterable[tuple[str, Any]] | Mapping[str, Any] | None = None) -> str:
+        url = path if path.startswith(("http://", "https://")) else f"{self.base_url}/{path.lstrip('/')}"
+        if params:
+            items = list(params.items()) if isinstance(params, Mapping) else list(params)
+            url += ("&" if "?" in url else "?") + urlencode(items, doseq=True)
+        return url
+
+    def _check_same_origin(self, url: str) -> None:
+        # A token is only ever sent to the configured API host (pagination links included).
+        a, b = urlsplit(url), urlsplit(self.base_url)
+        if (a.scheme, a.netloc) != (b.scheme, b.netloc):
+            raise ApiError(f"refusing to follow a link to another host ({a.netloc})", url=url)
+
+    def _headers(self, kind: str, extra: Mapping[str, str] | None, use_auth: bool) -> dict[str, str]:
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **self.extra_headers}
+        if use_auth and self.auth is not None:
+            try:
+                headers.update(self.auth())
+            except ApiError:
+                raise
+            except Exception as exc:  # never echo the exception text: it could quote a secret
+                raise AuthError(f"could not get the {self.provider} credentials ({type(exc).__name__})", kind=kind) from None
+        if extra:
+            headers.update(extra)
+        return headers
+
+    def _gate(self, kind: str, url: str) -> None:
+        now = self.wallclock()
+        if self.paused_until is not None and now < self.paused_until:
+            self.counter.skip(kind)
+            raise RateLimited(
+                f"{self.provider} API paused for {int(self.paused_until - now)}s more: {self.pause_reason}", url=url, kind=kind
+            )
+        if self.calls >= self.max_calls:
+            self.counter.skip(kind)
+            raise ApiError(f"{self.provider}: the budget of {self.max_calls} API calls per run is spent", url=url, kind=kind)
+
+    def _pause(self, until: float, reason: str) -> None:
+        self.paused_until = max(self.paused_until or 0.0, until)
+        self.pause_reason = reason
+        log.warning("%s API paused until %s: %s", self.provider, time.strftime("%H:%M:%SZ", time.gmtime(until)), reason)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        kind: str,
+        params: Iterable[tuple[str, Any]] | Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        use_auth: bool = True,
+        conditional: bool = True,
+        body: Any = None,
+    ) -> Response:
+        url = self.url(path, params)
+        self._check_same_origin(url)
+        hdrs = self._headers(kind, headers, use_auth)
+        key = (f"{method} {url}", _fingerprint(hdrs))
+        cached = self.etags.get(key) if (conditional and method == "GET") else None
+        if cached is not None:
+            hdrs["If-None-Match"] = cached.etag
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            hdrs["Content-Type"] = "application/json"
+
+        retried = False
+        while True:
+            with self._lock:
+                self._gate(kind, url)
+                self.calls += 1
+            try:
+                resp = self.pool.request(
+                    method,
+                    url,
+                    body=payload,
+                    headers=hdrs,
+                    timeout=urllib3.Timeout(total=self.timeout, connect=min(self.timeout, 5.0)),
+                    retries=urllib3.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=3,
+                                          respect_retry_after_header=False, raise_on_redirect=True,
+                                          remove_headers_on_redirect=_SECRET_HEADERS),
+                    preload_content=True,
+                )
+            except urllib3.exceptions.MaxRetryError as exc:
+                self.counter.call(kind, "error")
+                cause = exc.reason
+                what = "timed out" if isinstance(cause, urllib3.exceptions.TimeoutError) else f"failed ({type(cause).__name__ if cause else 'error'})"
+                raise ApiError(f"{self.provider} {kind}: request {what}", url=url, kind=kind) from None
+            except urllib3.exceptions.TimeoutError:
+                self.counter.call(kind, "timeout")
+                raise ApiError(f"{self.provider} {kind}: request timed out after {self.timeout:g}s", url=url, kind=kind) from None
+            except urllib3.exceptions.HTTPError as exc:
+                self.counter.call(kind, "error")
+                raise ApiError(f"{self.provider} {kind}: request failed ({type(exc).__name__})", url=url, kind=kind) from None
+
+            rh = {k.lower(): v for k, v in resp.headers.items()}
+            status = resp.status
+            self.counter.call(kind, status)
+            log.debug("%s %s -> %s", method, url, status)
+            now = self.wallclock()
+            remaining, reset = _remaining(rh)
+            if remaining is not None and remaining <= self.rate_limit_reserve and status < 400:
+                self._pause(reset if reset and reset > now else now + 60, f"only {remaining} calls left (reserve {self.rate_limit_reserve})")
+
+            if status == 304 and cached is not None:
+                return Response(status=304, body=cached.body, headers=cached.headers, url=url, from_cache=True)
+
+            limited = status == 429 or (status == 403 and (remaining == 0 or "retry-after" in rh))
+            if limited:
+                wait = _retry_after(rh, now)
+                if wait is None and reset is not None:
+                    wait = max(0.0, reset - now)
+                if wait is not None and wait <= self.max_retry_wait and not retried:
+                    retried = True
+                    log.info("%s rate limited (%s): waiting %.1fs as Retry-After asks", self.provider, status, wait)
+                    self.sleep(wait)
+                    continue
+                self._pause(now + (wait if wait is not None else 60.0), f"rate limited (HTTP {status})")
+                raise RateLimited(f"{self.provider} {kind}: rate limited (HTTP {status})", url=url, status=status, kind=kind)
+            if status in (502, 503, 504) and not retried:
+                retried = True
+                self.sleep(min(1.0, self.max_retry_wait))
+                continue
+            if status >= 400:
+                raise ApiError(f"{self.provider} {kind}: HTTP {status}{_hint(status)}", url=url, status=status, kind=kind)
+            try:
+                parsed = json.loads(resp.data.decode("utf-8")) if resp.data else None
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                raise ApiError(f"{self.provider} {kind}: malformed JSON in the response", url=url, status=status, kind=kind) from None
+            keep = {k: v for k, v in rh.items() if k in _KEEP_HEADERS}
+            etag = rh.get("etag")
+            if etag and method == "GET" and conditional:
+                self.etags.put(key, _Cached(etag=etag, body=parsed, headers=keep))
+            return Response(status=status, body=parsed, headers=keep, url=url)
+
+    def get(self, path: str, *, kind: str, params: Any = None) -> Response:
+        return self.request("GET", path, kind=kind, params=params)
+
+    def get_all(self, path: str, *, kind: str, params: Any = None, items_key: str | None = None) -> tuple[list[Any], bool]:
+        """Follow pagination up to ``max_pages``; returns (items, complete)."""
+        items: list[Any] = []
+        url: str | None = self.url(path, params)
+        pages = 0
+        while url is not None:
+            if pages >= self.max_pages:
+                return items, False
+            resp = self.get(url, kind=kind)
+            pages += 1
+            body = resp.body
+            page = body.get(items_key) if (items_key and isinstance(body, dict)) else body
+            if not isinstance(page, list):
+                raise ApiError(f"{self.provider} {kind}: unexpected response shape", url=resp.url, kind=kind)
+            items.extend(page)
+            url = next_link(resp.headers, resp.url)
+        return items, True
+
+
+def _hint(status: int) -> str:
+    return {
+        401: " (bad or expired token)",
+        403: " (the token lacks a permission or scope)",
+        404: " (not found, or not visible to this token)",
+    }.get(status, "")
+
+
+def new_pool(maxsize: int = 8, ca_bundle: str | None = None) -> urllib3.PoolManager:
+    """The pool the wiring passes to every provider. TLS is always verified: against
+    ``ca_bundle`` (e.g. a GitHub Enterprise Server's private CA) or the system store."""
+    kwargs: dict[str, Any] = {"maxsize": maxsize, "retries": False, "cert_reqs": "CERT_REQUIRED"}
+    if ca_bundle:
+        kwargs["ca_certs"] = ca_bundle
+    return urllib3.PoolManager(**kwargs)

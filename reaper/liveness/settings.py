@@ -1,0 +1,235 @@
+"""The policy's ``liveness`` section and the per-rule ``liveness`` mapping.
+
+Pure pydantic models (no I/O); ``reaper.config`` embeds them in ``Policy`` and
+``Rule`` so they are validated with the rest of the file (field + line errors).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator, model_validator
+
+from ..durations import format_duration, parse_duration
+
+
+def _to_timedelta(v: Any) -> Any:
+    if isinstance(v, timedelta):
+        return v
+    if isinstance(v, bool):
+        raise ValueError("expected a duration like 30s, 5m or 1h")
+    if isinstance(v, int):
+        raise ValueError(f"bare number {v} has no unit: write e.g. {v}s or {v}m")
+    return parse_duration(v)
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_to_timedelta),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
+
+
+def _as_list(v: Any) -> Any:
+    return [v] if isinstance(v, (str, int)) and not isinstance(v, bool) else v
+
+
+Globs = Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_as_list)]
+
+_REPO = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
+Repo = Annotated[str, Field(pattern=_REPO, description="owner/name")]
+_SECRET = r"^[A-Za-z0-9/_+=.@:-]{1,2048}$"  # a Secrets Manager name or ARN
+_ENV = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_NAME = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+
+GITHUB_RUN_STATUSES = ("in_progress", "queued", "waiting", "requested", "pending")
+GITLAB_LIVE_SCOPES = ("running", "pending", "preparing", "canceling", "waiting_for_resource", "created", "scheduled")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_api_url(v: str) -> str:
+    if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", v):
+        raise ValueError(f"api_url {v!r} must be an http(s) URL like https://api.github.com")
+    return v.rstrip("/")
+
+
+class ClaimsConfig(_Strict):
+    """The claims table written by ``python -m reaper claim`` (REAPER_CLAIMS_TABLE)."""
+
+    table: str = Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
+    region: str | None = None
+
+
+class GitHubAppAuth(_Strict):
+    """A GitHub App: far higher rate limits than a PAT. The private key (PEM) is a secret."""
+
+    app_id: Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v)] = Field(
+        min_length=1, max_length=64, description="App ID (or client ID) used as the JWT issuer"
+    )
+    installation_id: int = Field(ge=1)
+    private_key_secret: str = Field(pattern=_SECRET, description="Secrets Manager secret holding the App's PEM private key")
+
+
+class RunnerScope(_Strict):
+    """Self-hosted runners whose name is the lock's hostname (the runner default)."""
+
+    org: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    repo: Repo | None = None
+    hosts: Globs = Field(min_length=1, description="hostname globs that are self-hosted runners of this org/repo")
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> "RunnerScope":
+        if (self.org is None) == (self.repo is None):
+            raise ValueError("set exactly one of org or repo")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"org {self.org}" if self.org else f"repo {self.repo}"
+
+
+class _ProviderBase(_Strict):
+    name: str | None = Field(default=None, pattern=_NAME)
+    token_secret: str | None = Field(default=None, pattern=_SECRET, description="Secrets Manager secret with the token")
+    token_env: str | None = Field(default=None, pattern=_ENV, description="environment variable with the token (local runs)")
+    timeout: Duration | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or getattr(self, "type")
+
+
+class GitHubProvider(_ProviderBase):
+    type: Literal["github"]
+    api_url: Annotated[str, BeforeValidator(lambda v: _check_api_url(v) if isinstance(v, str) else v)] = "https://api.github.com"
+    app: GitHubAppAuth | None = None
+    runners: list[RunnerScope] = Field(default_factory=list)
+    active_run_statuses: list[Literal["in_progress", "queued", "waiting", "requested", "pending"]] = Field(
+        default_factory=lambda: ["in_progress", "queued", "waiting"], min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> "GitHubProvider":
+        n = sum(x is not None for x in (self.token_secret, self.token_env, self.app))
+        if n != 1:
+            raise ValueError("set exactly one of token_secret, token_env or app")
+        return self
+
+
+class GitLabProvider(_ProviderBase):
+    type: Literal["gitlab"]
+    api_url: Annotated[str, BeforeValidator(lambda v: _check_api_url(v) if isinstance(v, str) else v)] = "https://gitlab.com/api/v4"
+    runner_hosts: Globs | None = Field(
+        default=None, description="hostname globs of this instance's runners (default: runner-*-project-*-concurrent-*)"
+    )
+    live_job_scopes: list[Literal[GITLAB_LIVE_SCOPES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["running", "pending", "canceling"], min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> "GitLabProvider":
+        if (self.token_secret is None) == (self.token_env is None):
+            raise ValueError("set exactly one of token_secret or token_env")
+        return self
+
+
+Provider = Annotated[Union[GitHubProvider, GitLabProvider], Field(discriminator="type")]
+
+
+class StateActivityConfig(_Strict):
+    enabled: bool = True
+    window: Duration = timedelta(minutes=10)
+
+
+class HttpConfig(_Strict):
+    timeout: Duration = timedelta(seconds=10)
+    max_retry_wait: Duration = Field(default=timedelta(seconds=10), description="longest Retry-After we wait for")
+    rate_limit_reserve: int = Field(default=100, ge=0, le=100000, description="stop calling when this few remain")
+    max_calls_per_run: int = Field(default=1000, ge=1, le=100000)
+    max_pages: int = Field(default=10, ge=1, le=1000)
+    ca_bundle: str | None = Field(default=None, description="PEM file of extra CAs (self-hosted GitHub/GitLab)")
+
+
+class LivenessConfig(_Strict):
+    grace: Duration = Field(default=timedelta(minutes=5), description="after the CI system's completed_at")
+    claims: ClaimsConfig | None = None
+    providers: list[Provider] = Field(default_factory=list)
+    state_activity: StateActivityConfig = StateActivityConfig()
+    http: HttpConfig = HttpConfig()
+    secret_max_age: Duration = Field(default=timedelta(minutes=5), description="how long a fetched secret is cached")
+
+    @field_validator("providers")
+    @classmethod
+    def _providers(cls, v: list[Any]) -> list[Any]:
+        seen: set[str] = set()
+        for p in v:
+            if p.label in seen:
+                raise ValueError(f"provider name {p.label!r} is used twice: give each provider a distinct name")
+            seen.add(p.label)
+        gitlabs = [p for p in v if p.type == "gitlab"]
+        if len(gitlabs) > 1 and any(p.runner_hosts is None for p in gitlabs):
+            raise ValueError(
+                "with more than one gitlab provider, set runner_hosts on each: a runner hostname "
+                "names a project id, and ids are only unique within one GitLab instance"
+            )
+        return v
+
+    def provider(self, type_: str, name: str | None = None) -> Any:
+        """The provider of that type (and name); None when there is none or it is ambiguous."""
+        candidates = [p for p in self.providers if p.type == type_ and (name is None or p.label == name)]
+        return candidates[0] if len(candidates) == 1 else None
+
+
+def _project_ref(v: Any) -> Any:
+    if isinstance(v, str) and v.isdigit():
+        return int(v)
+    return v
+
+
+GitLabProject = Annotated[
+    Union[Annotated[int, Field(ge=1)], Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")]],
+    BeforeValidator(_project_ref),
+]
+
+
+class RuleLiveness(_Strict):
+    """A rule's conservative mapping: locks on these paths are only taken by CI in these repos/projects."""
+
+    github_repos: list[Repo] = Field(default_factory=list)
+    github_provider: str | None = None
+    gitlab_projects: list[GitLabProject] = Field(default_factory=list, description="project ids or full paths")
+    gitlab_provider: str | None = None
+    who: Globs = Field(default_factory=list, description="apply only to locks whose Who matches (default: any)")
+
+    def applies_to(self, who: str) -> bool:
+        import fnmatch
+
+        return not self.who or any(fnmatch.fnmatchcase(who, g) for g in self.who)
+
+
+def check_rule_mappings(rules: list[Any], liveness: LivenessConfig) -> None:
+    """Each rule mapping must name a provider that exists (raises ValueError naming the rule)."""
+    problems = []
+    for i, rule in enumerate(rules):
+        m = getattr(rule, "liveness", None)
+        if m is None:
+            continue
+        label = f"rules[{i}]" + (f" ({rule.name})" if getattr(rule, "name", None) else "")
+        for kind, items, name in (("github", m.github_repos, m.github_provider), ("gitlab", m.gitlab_projects, m.gitlab_provider)):
+            if not items and name is None:
+                continue
+            if liveness.provider(kind, name) is None:
+                have = [p.label for p in liveness.providers if p.type == kind]
+                if name is not None:
+                    problems.append(f"{label}.liveness.{kind}_provider {name!r} is not a {kind} provider (have: {', '.join(have) or 'none'})")
+                elif not have:
+                    problems.append(f"{label}.liveness maps {kind} {'repos' if kind == 'github' else 'projects'} but liveness.providers has no {kind} provider")
+                else:
+                    problems.append(f"{label}.liveness: several {kind} providers ({', '.join(have)}): set {kind}_provider")
+    if problems:
+        raise ValueError("; ".join(problems))
