@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Terraform writes Created with time.Now().UTC() in RFC 3339 with 0..9 fractional
 # digits. Python's datetime keeps microseconds, so extra digits are truncated.
-# re.ASCII: \d must not match other scripts' digits ("\u0662\u0660\u0662\u0666" would parse as 2026; found by tests/test_fuzz.py).
+# Found by tests/test_fuzz.py: re.ASCII, as \d also matches other scripts' digits ("\u0662\u0660\u0662\u0666"
+# parsed as 2026), and \Z, as $ also matches before a trailing newline.
 _RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$", re.ASCII
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})\Z", re.ASCII
 )
 
 DIGEST_SUFFIX = "-md5"
@@ -35,9 +36,14 @@ def parse_created(value: str) -> datetime:
     else:
         sign = 1 if tz[0] == "+" else -1
         hh, mm = int(tz[1:3]), int(tz[4:6])
+        if hh > 23 or mm > 59:
+            raise ValueError(f"Created {value[:64]!r} has an invalid UTC offset {tz}")
         tzinfo = timezone(sign * timedelta(hours=hh, minutes=mm))
     dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tzinfo)
-    return dt.astimezone(timezone.utc)
+    try:
+        return dt.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before datetime.min in UTC
+        raise ValueError(f"Created {value[:64]!r} is out of range") from None
 
 
 class LockInfo(BaseModel):

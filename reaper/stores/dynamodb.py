@@ -28,7 +28,10 @@ _FILTER = "attribute_exists(#info) OR attribute_not_exists(#digest)"
 
 
 def _code(exc: Exception) -> str:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code", "") if hasattr(exc, "response") else ""
+    # botocore's connection errors (ConnectionClosedError, ReadTimeoutError) carry response=None
+    # (found by tests/test_faults.py): never let the error handling hide the real error
+    resp = getattr(exc, "response", None)
+    return str(resp.get("Error", {}).get("Code", "") or "") if isinstance(resp, dict) else ""
 
 
 def _holder(item: dict[str, Any] | None) -> tuple[str | None, str | None]:

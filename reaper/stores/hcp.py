@@ -1,0 +1,306 @@
+"""HCP Terraform / Terraform Enterprise workspace locks.
+
+- ``scan`` lists each configured organization's workspaces with
+  ``GET /api/v2/organizations/:org/workspaces?include=locked_by`` (JSON:API
+  pages) and yields one record per locked workspace. Its lock path is
+  ``<organization>/<workspace>``; its lock ID is the holder's ID (``run-…``,
+  ``user-…`` or ``team-…``); its token is ``<type>:<id>`` of ``locked-by``.
+- Lock age (``Created``): for a run lock, when the run started planning
+  (``status-timestamps.planning-at``, else ``plan-queued-at``, else
+  ``queuing-at``, else the run's ``created-at``). For a user or team lock the
+  API has no lock timestamp: the workspace's ``updated-at`` is used (locking
+  updates the workspace and any later change only makes the lock look younger,
+  so the age is never overstated); without it the age is unknown and the lock
+  is kept. ``raw.age_source`` says which timestamp was used.
+- ``delete`` re-reads the workspace and proceeds only if ``locked-by`` is still
+  the same run/user/team, then calls ``POST /workspaces/:id/actions/force-unlock``
+  (which takes no lock ID: the window between the re-read and the unlock cannot
+  be closed). 409 means already unlocked (gone).
+- Locks cannot be re-created: audit records say ``restorable: false``.
+
+``HCPRunChecker`` is the liveness evidence for ``hcp:`` locks: a run in a final
+status is dead once the grace period is over; any other status is alive; a user
+or team lock has no run, so its holder is unknown and ``hard_max_age`` governs.
+Every API failure (429, 5xx, timeout) means unknown or "keep and report".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from ..liveness.facts import alive, ev, from_error, judge_finished, ts, unknown
+from ..liveness.http import ApiError, JsonApi
+from ..models import DeleteResult, DeleteStatus, LivenessFact, LockInfo, LockRecord
+from ..ports import StoreError
+
+log = logging.getLogger("reaper.stores.hcp")
+
+FINAL_STATUSES = frozenset(
+    {"applied", "planned_and_finished", "errored", "discarded", "canceled", "force_canceled", "policy_soft_failed"}
+)
+RUN_START_KEYS = ("planning-at", "plan-queued-at", "queuing-at")
+RESTORE_NOTE = (
+    "HCP Terraform / Terraform Enterprise workspace locks cannot be re-created by Lock Reaper: "
+    "lock the workspace again in the UI or with POST /api/v2/workspaces/:id/actions/lock if needed"
+)
+MAX_PAGES = 1000
+
+
+def _host(base_url: str) -> str:
+    return base_url.split("://", 1)[-1].split("/", 1)[0]
+
+
+def run_started(attrs: dict[str, Any]) -> tuple[str | None, str]:
+    """(timestamp, name of the field it came from) of when a run took its workspace's lock."""
+    stamps = attrs.get("status-timestamps") or {}
+    for key in RUN_START_KEYS:
+        if isinstance(stamps.get(key), str) and stamps[key]:
+            return stamps[key], f"run status-timestamps.{key}"
+    created = attrs.get("created-at")
+    return (created, "run created-at") if isinstance(created, str) and created else (None, "")
+
+
+def run_finished(attrs: dict[str, Any]) -> datetime | None:
+    """When a run reached its (final) status: ``status-timestamps.<status>-at``."""
+    status = str(attrs.get("status") or "")
+    return ts((attrs.get("status-timestamps") or {}).get(status.replace("_", "-") + "-at"))
+
+
+def _holder_name(type_: str, id_: str, holder: dict[str, Any] | None) -> str:
+    attrs = (holder or {}).get("attributes") or {}
+    if type_ == "users":
+        return f"user {attrs.get('username') or id_}"
+    if type_ == "teams":
+        return f"team {attrs.get('name') or id_}"
+    if type_ == "runs":
+        source = attrs.get("source")
+        return f"run {id_}" + (f" ({source})" if source else "")
+    return f"{type_} {id_}"
+
+
+def _locked_by(doc: dict[str, Any]) -> tuple[str, str] | None:
+    data = ((doc.get("relationships") or {}).get("locked-by") or {}).get("data")
+    if isinstance(data, dict) and data.get("type") and data.get("id"):
+        return str(data["type"]), str(data["id"])
+    return None
+
+
+def _included(body: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(str(i.get("type")), str(i.get("id"))): i for i in body.get("included") or [] if isinstance(i, dict)}
+
+
+class HCPWorkspaceStore:
+    """``hcp:<host>``: locked workspaces of the configured organizations."""
+
+    restorable = False
+    restore_note = RESTORE_NOTE
+
+    def __init__(self, api: JsonApi, organizations: list[str], page_size: int = 100,
+                 grace: timedelta = timedelta(minutes=10)):
+        self.api = api
+        self.grace = grace  # for HCPRunChecker: how long a finished run may still hold the lock
+        self.organizations = list(organizations)
+        self.page_size = page_size
+        self.name = f"hcp:{_host(api.base_url)}"
+        self._stats = {"items": 0, "digests": 0, "pages": 0, "locked": 0}
+
+    # -- port -------------------------------------------------------------
+    def validate(self) -> None:
+        try:
+            self.api.auth() if self.api.auth is not None else None
+        except ApiError as exc:
+            raise StoreError(f"{self.name}: no API token: {exc.reason}") from None
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    def scan(self) -> Iterator[LockRecord]:
+        self._stats = {"items": 0, "digests": 0, "pages": 0, "locked": 0}
+        failed: list[str] = []
+        for org in self.organizations:
+            try:
+                yield from self._scan_org(org)
+            except ApiError as exc:  # this organization's locks stay unknown: kept and reported
+                log.warning("%s: listing organization %s failed: %s", self.name, org, exc.reason)
+                failed.append(f"organization {org}: {exc.reason}")
+        if failed:
+            raise StoreError(f"{self.name}: " + "; ".join(failed) + " (those workspaces were not checked)")
+
+    def delete(self, lock: LockRecord) -> DeleteResult:
+        if lock.info is None or not lock.token:
+            raise ValueError("refusing to delete a lock that was not parsed")
+        ws_id = lock.key
+        try:
+            resp = self.api.request("GET", f"api/v2/workspaces/{quote(ws_id, safe='')}", kind="hcp.workspace",
+                                    params={"include": "locked_by"}, conditional=False)
+        except ApiError as exc:
+            if exc.status == 404:
+                return DeleteResult(status=DeleteStatus.GONE, detail=f"workspace {ws_id} no longer exists")
+            raise
+        body = resp.body if isinstance(resp.body, dict) else {}
+        ws = body.get("data") or {}
+        if not (ws.get("attributes") or {}).get("locked"):
+            return DeleteResult(status=DeleteStatus.GONE, detail="the workspace was already unlocked")
+        current = _locked_by(ws)
+        if current is None or f"{current[0]}:{current[1]}" != lock.token:
+            cid = current[1] if current else None
+            cwho = _holder_name(current[0], current[1], _included(body).get(current)) if current else None
+            return DeleteResult(status=DeleteStatus.RACED,
+                                detail=f"raced: the workspace is now locked by {cwho or 'an unknown holder'}: not unlocked",
+                                current_id=cid, current_who=cwho)
+        seen_at = lock.raw.get("workspace_updated_at")
+        now_at = (ws.get("attributes") or {}).get("updated-at")
+        if current[0] in ("users", "teams") and seen_at and now_at != seen_at:
+            # the same user/team may have unlocked and locked again: a different lock, same holder
+            return DeleteResult(status=DeleteStatus.RACED,
+                                detail=(f"raced: the workspace changed since it was read (updated-at {seen_at} -> {now_at}); "
+                                        f"it may have been locked again by the same holder: not unlocked"),
+                                current_id=current[1], current_who=_holder_name(current[0], current[1],
+                                                                                _included(body).get(current)))
+        # The re-read just showed the same holder; force-unlock takes no lock ID, so a
+        # new lock taken in the few milliseconds before the next call cannot be told apart.
+        try:
+            self.api.request("POST", f"api/v2/workspaces/{quote(ws_id, safe='')}/actions/force-unlock",
+                             kind="hcp.force_unlock", conditional=False)
+        except ApiError as exc:
+            if exc.status == 409:
+                return DeleteResult(status=DeleteStatus.GONE, detail="the workspace was already unlocked (409)")
+            raise
+        return DeleteResult(status=DeleteStatus.DELETED,
+                            detail=f"force-unlocked (locked-by was still {lock.token} right before the unlock)")
+
+    def restore(self, raw: dict[str, Any]) -> str:
+        raise ValueError(RESTORE_NOTE)
+
+    # -- internals ----------------------------------------------------------
+    def _scan_org(self, org: str) -> Iterator[LockRecord]:
+        page = 1
+        for _ in range(MAX_PAGES):
+            resp = self.api.get(
+                f"api/v2/organizations/{quote(org, safe='')}/workspaces", kind="hcp.workspaces",
+                params=[("include", "locked_by"), ("page[number]", page), ("page[size]", self.page_size)],
+            )
+            self._stats["pages"] += 1
+            body = resp.body if isinstance(resp.body, dict) else {}
+            data = body.get("data")
+            if not isinstance(data, list):
+                raise ApiError(f"unexpected response shape for organization {org}'s workspaces", url=resp.url)
+            included = _included(body)
+            for ws in data:
+                self._stats["items"] += 1
+                if isinstance(ws, dict) and (ws.get("attributes") or {}).get("locked"):
+                    self._stats["locked"] += 1
+                    yield self._record(org, ws, included)
+            nxt = ((body.get("meta") or {}).get("pagination") or {}).get("next-page")
+            if not isinstance(nxt, int) or nxt <= page:
+                return
+            page = nxt
+        raise ApiError(f"organization {org}: more than {MAX_PAGES} pages of workspaces")
+
+    def _record(self, org: str, ws: dict[str, Any], included: dict[tuple[str, str], dict[str, Any]]) -> LockRecord:
+        attrs = ws.get("attributes") or {}
+        ws_id, ws_name = str(ws.get("id", "")), str(attrs.get("name", ""))
+        lock_path = f"{org}/{ws_name}"
+        raw: dict[str, Any] = {
+            "organization": org,
+            "workspace_id": ws_id,
+            "workspace_name": ws_name,
+            "locked_reason": attrs.get("locked-reason"),
+            "workspace_updated_at": attrs.get("updated-at"),
+        }
+
+        def bad(reason: str, token: str = "") -> LockRecord:
+            return LockRecord(store=self.name, key=ws_id, lock_path=lock_path, token=token, raw=raw, parse_error=reason)
+
+        holder_ref = _locked_by(ws)
+        if holder_ref is None:
+            return bad("the workspace is locked but names no locked-by holder: holder unknown")
+        type_, id_ = holder_ref
+        raw["locked_by"] = {"type": type_, "id": id_}
+        token = f"{type_}:{id_}"
+        holder = included.get(holder_ref)
+        operation = ""
+        if type_ == "runs":
+            run = holder
+            if run is None:  # not in ?include= (older TFE): read the run itself
+                try:
+                    run = (self.api.get(f"api/v2/runs/{quote(id_, safe='')}", kind="hcp.run").body or {}).get("data")
+                except ApiError as exc:
+                    return bad(f"locked by run {id_}, which could not be read ({exc.reason}): age unknown, kept")
+            ra = (run or {}).get("attributes") or {}
+            created, source = run_started(ra)
+            raw["run"] = {k: ra.get(k) for k in ("status", "created-at", "status-timestamps", "plan-only", "is-destroy",
+                                                "source", "trigger-reason") if k in ra}
+            raw["run"]["message"] = str(ra.get("message") or "")[:200]
+            operation = "OperationTypePlan" if ra.get("plan-only") else "OperationTypeApply"
+        elif type_ in ("users", "teams"):
+            created, source = attrs.get("updated-at"), "workspace updated-at (the API has no lock timestamp)"
+            if holder is not None:
+                raw["holder"] = {k: (holder.get("attributes") or {}).get(k) for k in ("username", "name")
+                                 if (holder.get("attributes") or {}).get(k)}
+        else:
+            return bad(f"locked by an unknown kind of holder {type_!r} ({id_}): holder unknown", token)
+        who = _holder_name(type_, id_, holder)
+        if not isinstance(created, str) or not created:
+            return bad(f"locked by {who}, but no timestamp tells the lock's age: age unknown, kept", token)
+        raw["age_source"] = source
+        try:
+            info = LockInfo.model_validate({
+                "ID": id_[:256],
+                "Operation": operation,
+                "Info": str(attrs.get("locked-reason") or "")[:1024],
+                "Who": who[:1024],
+                "Version": str(attrs.get("terraform-version") or "")[:256],
+                "Created": created,
+                "Path": lock_path,
+            })
+        except Exception as exc:  # pydantic ValidationError: e.g. a malformed timestamp
+            return bad(f"locked by {who}, but its lock could not be described: {str(exc).splitlines()[0]}", token)
+        return LockRecord(store=self.name, key=ws_id, lock_path=lock_path, token=token, raw=raw, info=info)
+
+
+class HCPRunChecker:
+    """Liveness for ``hcp:`` locks: the status of the run holding the workspace."""
+
+    name = "hcp-runs"
+
+    def __init__(self, store: HCPWorkspaceStore, grace: timedelta, skew: timedelta = timedelta(minutes=5)):
+        self.store = store
+        self.grace = grace
+        self.skew = skew
+
+    def applies(self, lock: LockRecord) -> bool:
+        return lock.store == self.store.name
+
+    def check(self, lock: LockRecord, now: datetime) -> LivenessFact | None:
+        if not self.applies(lock):
+            return None
+        src = self.name
+        type_, _, id_ = lock.token.partition(":")
+        if type_ in ("users", "teams"):
+            who = lock.info.Who if lock.info else id_
+            detail = (f"locked by {who}: a manual or CLI lock has no run to check; hard_max_age governs "
+                      f"(lock age from the {lock.raw.get('age_source', 'unknown timestamp')})")
+            return unknown(src, detail, ev(src, detail))
+        if type_ != "runs" or lock.info is None:
+            return unknown(src, f"no run to check for holder {lock.token or '?'}")
+        api = self.store.api
+        org = lock.raw.get("organization", "")
+        page = f"{api.base_url}/app/{org}/workspaces/{lock.raw.get('workspace_name', '')}/runs/{id_}"
+        try:
+            body = api.request("GET", f"api/v2/runs/{quote(id_, safe='')}", kind="hcp.run", conditional=False).body
+        except ApiError as exc:
+            return from_error(src, f"run {id_}", exc)
+        attrs = ((body or {}).get("data") or {}).get("attributes") or {}
+        status = str(attrs.get("status") or "")
+        if not status:
+            return unknown(src, f"run {id_} has no status", ev(src, f"run {id_}: no status", page))
+        if status in FINAL_STATUSES:
+            return judge_finished(src, f"run {id_}", run_finished(attrs), lock.info.Created, now, self.grace, self.skew,
+                                  page, status)
+        detail = f"run {id_} is {status} (not final): it still owns the workspace"
+        return alive(src, detail, ev(src, detail, page, status))
