@@ -15,46 +15,18 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
-    PlainSerializer,
     ValidationError,
     ValidationInfo,
     field_validator,
 )
 
-from .durations import format_duration, parse_duration
+from .durations import format_duration
 from .liveness.settings import LivenessConfig, RuleLiveness, check_rule_mappings
+from .policy_types import Globs, Strict as _Strict, as_list as _as_list, duration_type, url_host
 
-
-def _to_timedelta(v: Any) -> Any:
-    if isinstance(v, timedelta):
-        return v
-    if isinstance(v, bool):
-        raise ValueError("expected a duration like 90m, 6h or 2d")
-    if isinstance(v, int):
-        raise ValueError(f"bare number {v} has no unit: write e.g. {v}m, {v}h or {v}d")
-    return parse_duration(v)
-
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(_to_timedelta),
-    PlainSerializer(format_duration, return_type=str, when_used="json"),
-]
-
-
-def _as_list(v: Any) -> Any:
-    return [v] if isinstance(v, str) else v
-
-
-Globs = Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_as_list)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+Duration = duration_type("90m, 6h or 2d", "mhd")
 
 
 class DynamoDBStoreConfig(_Strict):
@@ -85,10 +57,6 @@ class S3StoreConfig(_Strict):
         return f"s3:{self.bucket}"
 
 
-def _host(url: str) -> str:
-    return url.split("://", 1)[-1].split("/", 1)[0]
-
-
 class _HTTPStoreConfig(_Strict):
     """Shared by the HTTP-API stores: where, how to authenticate, how long to wait."""
 
@@ -116,7 +84,7 @@ class _HTTPStoreConfig(_Strict):
 
     @property
     def name(self) -> str:
-        return f"{self.type}:{_host(self.base_url)}"  # type: ignore[attr-defined]
+        return f"{self.type}:{url_host(self.base_url)}"  # type: ignore[attr-defined]
 
 
 class HCPStoreConfig(_HTTPStoreConfig):
@@ -136,7 +104,7 @@ class GitLabStateStoreConfig(_HTTPStoreConfig):
     type: Literal["gitlab"]
     base_url: str = Field(default="https://gitlab.com", pattern=r"^https?://[A-Za-z0-9.\[\]:-]+(/[^\s?#]*)?$")
     projects: list[Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")]] = Field(min_length=1)
-    read_lock_id: bool = Field(default=True, description="learn each lock's ID with POST .../lock (see docs/stores.md)")
+    read_lock_id: bool = Field(default=True, description="learn each lock's ID with POST .../lock (see README, Lock stores)")
     page_size: int = Field(default=100, ge=1, le=100)
 
 

@@ -361,7 +361,7 @@ def test_claims_table(synth, template):
     assert table["Properties"]["KeySchema"] == claims.KEY_SCHEMA
     assert table["Properties"]["AttributeDefinitions"] == claims.ATTRIBUTE_DEFINITIONS
     assert table["Properties"]["TimeToLiveSpecification"]["AttributeName"] == claims.TTL_ATTRIBUTE
-    # the Lambda only queries it; writing claims is for CI roles (docs/deploy.md)
+    # the Lambda only queries it; writing claims is for CI roles (README, Deploy)
     claims_arn = "${" + ids["claims"] + ".Arn}"
     for st in statements(synth.template):
         if claims_arn in [render(r) for r in as_list(st["Resource"])]:
