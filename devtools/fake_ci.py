@@ -26,10 +26,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from .fakehttp import ThreadedServer
 from .motoserver import free_port
 
 GITHUB_PREFIX = "/api/v3"
@@ -191,13 +192,15 @@ class Seen:
     status: int = 0
 
 
-class FakeCI:
-    """Start with ``FakeCI().start()``; ``stop()`` when done. Thread-safe state."""
+class FakeCI(ThreadedServer):
+    """Start with ``FakeCI().start()`` (or ``with``); ``stop()`` when done. Thread-safe state."""
+
+    methods = ("GET", "POST")
+    thread_name = "fake-ci"
 
     def __init__(self, github_token: str = "ghp_fakeTokenForTests0000000000000000", gitlab_token: str = "glpat-fakeTokenForTests00",
                  app_id: str | None = None, app_public_key: Any = None, per_page_max: int = 100):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(free_port())  # the URL is known before start(): payloads embed it
         self.github_api = self.url + GITHUB_PREFIX
         self.gitlab_api = self.url + GITLAB_PREFIX
         self.web = self.url  # html_url / web_url base
@@ -215,42 +218,6 @@ class FakeCI:
         self.requests: list[Seen] = []
         self.issued_tokens: list[str] = []
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # ---- lifecycle ---------------------------------------------------
-    def start(self) -> "FakeCI":
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:  # quiet
-                return
-
-            def do_GET(self) -> None:
-                fake._handle(self, "GET")
-
-            def do_POST(self) -> None:
-                fake._handle(self, "POST")
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-ci", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> "FakeCI":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     # ---- scenario building ---------------------------------------------
     def add_github_run(self, repo: str, run_id: int, *, status: str, started_at: datetime, conclusion: str | None = None,
@@ -284,6 +251,12 @@ class FakeCI:
             self.gl_jobs.setdefault(project_id, []).append(job)
         return job
 
+    def github_job_env(self, repo: str, run_id: int, runner: str, *, attempt: int = 1, job: str = "apply") -> dict[str, str]:
+        """The variables a GitHub Actions job's step sees when this fake is its GitHub."""
+        return {"GITHUB_ACTIONS": "true", "GITHUB_REPOSITORY": repo, "GITHUB_RUN_ID": str(run_id),
+                "GITHUB_RUN_ATTEMPT": str(attempt), "GITHUB_JOB": job, "RUNNER_NAME": runner,
+                "GITHUB_SERVER_URL": self.web, "GITHUB_API_URL": self.github_api}
+
     def fault(self, pattern: str, status: int = 500, **kw: Any) -> Fault:
         f = Fault(pattern=pattern, status=status, **kw)
         with self._lock:
@@ -300,6 +273,9 @@ class FakeCI:
                        and (method is None or r.method == method) and (status is None or r.status == status))
 
     # ---- request handling -------------------------------------------------
+    def handle(self, h: BaseHTTPRequestHandler) -> None:
+        self._handle(h, h.command)
+
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         if length:

@@ -1,10 +1,17 @@
 """A tiny threaded HTTP server on a free 127.0.0.1 port, with fault injection.
 
-Base of the fake HCP Terraform and GitLab APIs (devtools/fake_hcp.py,
-devtools/fake_gitlab.py) that the tests, the demo and the benchmark share.
-Subclasses implement ``route(req) -> Reply``. Faults (``fail``) answer matching
-requests with a status (e.g. 409, 429 with Retry-After, 500) or a delay (to
-make the client time out) before the route sees them. Every request is recorded.
+``ThreadedServer`` is the lifecycle every fake API shares (this module's
+``FakeServer`` and devtools/fake_ci.py): a ``ThreadingHTTPServer`` on 127.0.0.1
+in a daemon thread, quiet, HTTP/1.1 keep-alive, and ``TCP_NODELAY`` so that a
+reply's headers and body (two writes) are not held back by Nagle's algorithm
+waiting for the client's delayed ACK (about 40 ms per call otherwise).
+
+``FakeServer`` is the base of the fake HCP Terraform and GitLab APIs
+(devtools/fake_hcp.py, devtools/fake_gitlab.py) that the tests, the demo and the
+benchmark share. Subclasses implement ``route(req) -> Reply``. Faults (``fail``)
+answer matching requests with a status (e.g. 409, 429 with Retry-After, 500) or
+a delay (to make the client time out) before the route sees them. Every request
+is recorded.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 
@@ -51,67 +58,47 @@ class Fault:
     delay: float
 
 
-class FakeServer:
-    """Start with ``start()`` (or ``with``); ``url`` is its base URL."""
+class ThreadedServer:
+    """A threaded HTTP server on 127.0.0.1. Start with ``start()`` (or ``with``);
+    ``url`` is its base URL. Subclasses implement ``handle(h)`` for one request
+    (``h`` is the ``BaseHTTPRequestHandler``: ``h.command``, ``h.path``, ...)."""
 
-    def __init__(self) -> None:
-        self.requests: list[Request] = []
-        self._faults: list[Fault] = []
-        self._lock = threading.RLock()
+    methods: tuple[str, ...] = ("GET", "POST", "DELETE", "PUT", "PATCH")
+    thread_name: str | None = None
+
+    def __init__(self, port: int = 0) -> None:
+        """``port`` 0 picks a free port at ``start()``; a given port makes ``url`` known at once."""
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}" if port else ""
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self.url = ""
 
-    # -- lifecycle ------------------------------------------------------------
-    def start(self) -> "FakeServer":
+    def handle(self, h: BaseHTTPRequestHandler) -> None:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    def start(self) -> Self:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are separate writes: send each at once
 
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                return
 
             def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                data = self.rfile.read(length) if length else b""
-                parts = urlsplit(self.path)
-                try:
-                    body: Any = json.loads(data) if data else None
-                except ValueError:
-                    body = data.decode("utf-8", "replace")
-                req = Request(
-                    method=self.command,
-                    path=unquote(parts.path),
-                    raw_path=parts.path,
-                    query=dict(parse_qsl(parts.query, keep_blank_values=True)),
-                    headers={k.lower(): v for k, v in self.headers.items()},
-                    body=body,
-                )
-                reply = server._dispatch(req)
-                payload = b"" if reply.body is None else (
-                    reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
-                )
-                try:
-                    self.send_response(reply.status)
-                    if payload:
-                        self.send_header("Content-Type", reply.content_type)
-                    self.send_header("Content-Length", str(len(payload)))
-                    for k, v in reply.headers.items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (a timeout test)
+                server.handle(self)
 
-            do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _serve
-
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        for method in self.methods:
+            setattr(Handler, f"do_{method}", Handler._serve)
+        httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         httpd.daemon_threads = True
         httpd.block_on_close = False
         self._httpd = httpd
-        self.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.port = httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=self.thread_name, daemon=True)
         self._thread.start()
         return self
 
@@ -121,11 +108,53 @@ class FakeServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "FakeServer":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+class FakeServer(ThreadedServer):
+    """A fake JSON API: ``route(req) -> Reply``, faults, every request recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Request] = []
+        self._faults: list[Fault] = []
+        self._lock = threading.RLock()
+
+    def handle(self, h: BaseHTTPRequestHandler) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        data = h.rfile.read(length) if length else b""
+        parts = urlsplit(h.path)
+        try:
+            body: Any = json.loads(data) if data else None
+        except ValueError:
+            body = data.decode("utf-8", "replace")
+        req = Request(
+            method=h.command,
+            path=unquote(parts.path),
+            raw_path=parts.path,
+            query=dict(parse_qsl(parts.query, keep_blank_values=True)),
+            headers={k.lower(): v for k, v in h.headers.items()},
+            body=body,
+        )
+        reply = self._dispatch(req)
+        payload = b"" if reply.body is None else (
+            reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+        )
+        try:
+            h.send_response(reply.status)
+            if payload:
+                h.send_header("Content-Type", reply.content_type)
+            h.send_header("Content-Length", str(len(payload)))
+            for k, v in reply.headers.items():
+                h.send_header(k, v)
+            h.end_headers()
+            h.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a timeout test)
 
     # -- faults and inspection --------------------------------------------------
     def fail(self, method: str, path_regex: str, status: int | None = 500, *, body: Any = None,

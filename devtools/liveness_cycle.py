@@ -25,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .fake_ci import FakeCI
-from .locks import info_json
+from .locks import create_claims_table, info_json
 
 GH_TOKEN = "ghp_benchToken00000000000000000000000"
 GL_TOKEN = "glpat-benchToken000000"
@@ -65,7 +65,7 @@ def realistic_cycle(audit_dir: str, seed: int = 7) -> dict[str, Any]:
     from reaper.config import parse_policy
     from reaper.engine import Reaper
     from reaper.liveness.build import build_liveness
-    from reaper.liveness.claims import ATTRIBUTE_DEFINITIONS, KEY_SCHEMA, Claim, ClaimStore
+    from reaper.liveness.claims import Claim, ClaimStore
     from reaper.liveness.http import EtagCache
     from reaper.stores.memory import InMemoryLockStore
 
@@ -75,8 +75,7 @@ def realistic_cycle(audit_dir: str, seed: int = 7) -> dict[str, Any]:
     with mock_aws(), FakeCI(github_token=GH_TOKEN, gitlab_token=GL_TOKEN) as fake:
         factory = lambda service, region=None: boto3.client(service, region_name=region or "us-east-1")  # noqa: E731
         ddb = factory("dynamodb")
-        ddb.create_table(TableName="claims", KeySchema=KEY_SCHEMA, AttributeDefinitions=ATTRIBUTE_DEFINITIONS,
-                         BillingMode="PAY_PER_REQUEST")
+        create_claims_table(ddb, "claims")
         s3 = factory("s3")
         s3.create_bucket(Bucket="tfstate")
         claims = ClaimStore(ddb, "claims")

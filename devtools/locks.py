@@ -67,3 +67,11 @@ def digest_item(path: str, rng: random.Random | None = None) -> dict[str, Any]:
 def create_lock_table(client: Any, name: str) -> None:
     client.create_table(TableName=name, **LOCK_TABLE_SCHEMA)
     client.get_waiter("table_exists").wait(TableName=name)
+
+
+def create_claims_table(client: Any, name: str) -> None:
+    """The claims table ``python -m reaper claim`` writes (schema from reaper.liveness.claims)."""
+    from reaper.liveness.claims import ATTRIBUTE_DEFINITIONS, KEY_SCHEMA
+
+    client.create_table(TableName=name, KeySchema=KEY_SCHEMA, AttributeDefinitions=ATTRIBUTE_DEFINITIONS,
+                        BillingMode="PAY_PER_REQUEST")

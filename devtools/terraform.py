@@ -156,6 +156,14 @@ class HeldApply:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def __enter__(self) -> "HeldApply":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        """Never leave the apply behind: kill it if it is still running (e.g. a failed check)."""
+        if self.alive():
+            self.kill()
+
     def group_pids(self) -> list[int]:
         """Live (non-zombie) processes in the apply's process group (Linux /proc; [] elsewhere)."""
         return group_pids(self.proc.pid)

@@ -4,6 +4,7 @@
 - ``moto_server``: a real moto_server subprocess on a free 127.0.0.1 port (session
   scope), reset before each test that uses ``moto_env``.
 - ``now`` / ``clock``: a fixed, injectable clock.
+- ``terraform_binary``: each real Terraform binary to drive (tests/terraform_kit.py).
 """
 
 from __future__ import annotations
@@ -70,6 +71,14 @@ def moto_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoSe
     for k, v in moto_server.env().items():
         monkeypatch.setenv(k, v)
     return moto_server
+
+
+@pytest.fixture(params=["1.0.3", "path"], ids=["terraform-1.0.3", "terraform-on-path"])
+def terraform_binary(request: pytest.FixtureRequest) -> Path:
+    """Each Terraform binary to drive: the cached 1.0.3, and a terraform >= 1.11 on PATH (skipped if absent)."""
+    from terraform_kit import require_terraform
+
+    return require_terraform(request.param)
 
 
 def pytest_report_header(config):

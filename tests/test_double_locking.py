@@ -9,7 +9,6 @@ state stays locked. In-process moto for both stores.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -18,47 +17,19 @@ import pytest
 
 from devtools.locks import create_lock_table, digest_item, info_json, lock_item
 from reaper.alerts import needs_sns, sns_message
-from reaper.config import Policy
 from reaper.engine import Reaper
-from reaper.models import DeleteResult, Liveness, LivenessFact, LockRecord, Outcome
+from reaper.models import Liveness, LivenessFact, LockRecord, Outcome
 from reaper.pairing import PairIndex, pair_key
 from reaper.stores.dynamodb import DynamoDBLockStore
 from reaper.stores.s3 import S3LockFileStore
+from testkit import InterceptDelete, ListAudit
+from testkit import enforce_policy as policy
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
 BUCKET, TABLE = "corp-tfstate", "terraform-locks"
 STATE = "prod/app/terraform.tfstate"
 PATH = f"{BUCKET}/{STATE}"
 NEW_ID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
-
-
-class Recorder:
-    """Wraps a store: logs each delete (in order) and can act just before it."""
-
-    def __init__(self, inner: Any, log: list[str], before: Any = None) -> None:
-        self.inner, self.log, self.before = inner, log, before
-        self.name = inner.name
-
-    def __getattr__(self, item: str) -> Any:  # pair_first, restorable, ...
-        return getattr(self.inner, item)
-
-    def validate(self) -> None:
-        self.inner.validate()
-
-    def scan(self) -> Iterator[LockRecord]:
-        return self.inner.scan()
-
-    def delete(self, lock: LockRecord) -> DeleteResult:
-        self.log.append(self.name)
-        if self.before is not None:
-            self.before(lock)
-        return self.inner.delete(lock)
-
-    def restore(self, raw: dict[str, Any]) -> str:
-        return self.inner.restore(raw)
-
-    def stats(self) -> dict[str, int]:
-        return self.inner.stats()
 
 
 class CountingLiveness:
@@ -68,18 +39,6 @@ class CountingLiveness:
     def check(self, lock: LockRecord, now: datetime) -> LivenessFact:
         self.calls.append((lock.store, lock.key))
         return LivenessFact(state=self.state, reason=f"the CI run is {self.state.value}", checkers=("fake",))
-
-
-class ListAudit:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def write(self, record: dict[str, Any]) -> str:
-        self.records.append(json.loads(json.dumps(record)))
-        return f"mem://{len(self.records)}"
-
-    def read(self, ref: str) -> dict[str, Any]:
-        return self.records[int(ref.split("//")[1]) - 1]
 
 
 @pytest.fixture
@@ -101,17 +60,10 @@ def double_lock(w: dict[str, Any], state: str = STATE, age: timedelta = timedelt
     return info
 
 
-def policy(mode: str = "enforce", **kw: Any) -> Policy:
-    doc: dict[str, Any] = {"mode": mode, "rules": [{"match": "*", "max_age": "3h", "hard_max_age": "1d"}],
-                           "audit": {"local_dir": "unused"}}
-    doc.update(kw)
-    return Policy.model_validate(doc)
-
-
 def stores(w: dict[str, Any], log: list[str], before_ddb: Any = None, before_s3: Any = None,
            ddb_first: bool = True) -> list[Any]:
-    s3 = Recorder(S3LockFileStore(w["s3"], BUCKET), log, before_s3)
-    ddb = Recorder(DynamoDBLockStore(w["ddb"], TABLE), log, before_ddb)
+    s3 = InterceptDelete(S3LockFileStore(w["s3"], BUCKET), before_s3, log)
+    ddb = InterceptDelete(DynamoDBLockStore(w["ddb"], TABLE), before_ddb, log)
     return [ddb, s3] if ddb_first else [s3, ddb]  # the policy's order must not matter
 
 

@@ -20,6 +20,7 @@ from reaper.models import Liveness, LivenessFact, LockRecord, Outcome
 from reaper.ports import StoreError
 from reaper.report import METRIC_DURATION, METRICS, RunReport
 from reaper.stores.memory import InMemoryLockStore
+from testkit import ListAudit
 
 H = timedelta(hours=1)
 BUCKET = "corp-tfstate"
@@ -44,21 +45,6 @@ def store_with(now: datetime, ages: dict[str, timedelta], name: str = "memory:lo
         if digests:
             s.put_raw(digest_item(path))
     return s
-
-
-class ListAudit:
-    def __init__(self, fail: bool = False) -> None:
-        self.records: list[dict[str, Any]] = []
-        self.fail = fail
-
-    def write(self, record: dict[str, Any]) -> str:
-        if self.fail:
-            raise OSError("audit bucket unreachable")
-        self.records.append(json.loads(json.dumps(record)))  # must be JSON-serialisable
-        return f"mem://{len(self.records)}"
-
-    def read(self, ref: str) -> dict[str, Any]:
-        return self.records[int(ref.split("//")[1]) - 1]
 
 
 class FixedLiveness:

@@ -38,6 +38,7 @@ from reaper.config import Policy
 from reaper.engine import Reaper
 from reaper.models import Liveness, LivenessFact, LockRecord, Outcome
 from reaper.stores.memory import InMemoryLockStore
+from testkit import ListAudit
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
 BUCKET = "fuzz-tfstate"
@@ -371,18 +372,6 @@ class FakeLiveness:
         who = lock.info.Who if lock.info else ""
         state = liveness_of(who)
         return LivenessFact(state=state, reason=f"fake CI says {state.value}", checkers=("fuzz",))
-
-
-class ListAudit:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def write(self, record: dict[str, Any]) -> str:
-        self.records.append(json.loads(json.dumps(record)))  # must survive JSON
-        return f"mem://{len(self.records)}"
-
-    def read(self, ref: str) -> dict[str, Any]:
-        return self.records[int(ref.split("//")[1]) - 1]
 
 
 class RenderingSink:

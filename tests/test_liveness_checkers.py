@@ -6,6 +6,7 @@ asks it about one lock and feeds the answer to the pure decision.
 
 from __future__ import annotations
 
+import json
 import textwrap
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -14,11 +15,11 @@ import boto3
 import pytest
 
 from devtools.fake_ci import FakeCI, rate_limited
-from devtools.locks import info_json
+from devtools.locks import create_claims_table, info_json
 from reaper.config import parse_policy
 from reaper.decision import decide
 from reaper.liveness.build import build_liveness
-from reaper.liveness.claims import ATTRIBUTE_DEFINITIONS, KEY_SCHEMA, Claim, ClaimStore
+from reaper.liveness.claims import Claim, ClaimStore
 from reaper.liveness.composite import CompositeChecker
 from reaper.liveness.facts import alive as alive_fact
 from reaper.liveness.http import EtagCache
@@ -87,8 +88,7 @@ class World:
         self.policy = parse_policy(textwrap.dedent(policy_text or POLICY.format(gh=fake.github_api, gl=fake.gitlab_api)))
         self.ddb = boto3.client("dynamodb", region_name="us-east-1")
         if "claims" not in self.ddb.list_tables()["TableNames"]:
-            self.ddb.create_table(TableName="claims", KeySchema=KEY_SCHEMA, AttributeDefinitions=ATTRIBUTE_DEFINITIONS,
-                                  BillingMode="PAY_PER_REQUEST")
+            create_claims_table(self.ddb, "claims")
         self.env = env if env is not None else {"TEST_GH_TOKEN": GH_TOKEN, "TEST_GL_TOKEN": GL_TOKEN}
         self.rebuild()
 
@@ -223,6 +223,47 @@ def test_api_failures_are_unknown_never_dead(world: World, fault: dict[str, Any]
     assert detailed.fact.state is Liveness.UNKNOWN, detailed.fact
     assert words in detailed.fact.reason
     assert d.action is Action.KEEP and Flag.KEPT_UNKNOWN in d.flags
+
+
+@pytest.mark.parametrize("wrap,shape", [
+    (lambda job: [job], "the response is a list of 1, expected an object"),  # the jobs themselves, unwrapped
+    (lambda job: {"total_count": 1, "jobs": job}, "its 'jobs' is an object, expected a list"),
+    (lambda job: {"total_count": 2, "jobs": [str(job["id"]), job]}, "item 0 of the list is a string, expected an object"),
+])
+def test_answers_of_another_shape_are_unknown_never_dead(world: World, wrap: Any, shape: str) -> None:
+    lock = make_lock()
+    world.gh_claim(lock, 507)
+    job = world.fake.add_github_job("acme/infra", 507, 5071, status="completed", conclusion="cancelled",
+                                    started_at=created(lock), completed_at=NOW - timedelta(hours=1))  # dead if read
+    world.fake.fault("attempts", 200, body=json.dumps(wrap(job)).encode())
+    detailed, d = world.decide(lock)
+    assert detailed.fact.state is Liveness.UNKNOWN, detailed.fact
+    url = f"{world.fake.github_api}/repos/acme/infra/actions/runs/507/attempts/1/jobs?per_page=100"
+    assert f"unexpected response shape from {url}: {shape}" in detailed.fact.reason
+    assert "AttributeError" not in detailed.fact.reason
+    assert d.action is Action.KEEP and Flag.KEPT_UNKNOWN in d.flags
+
+
+@pytest.mark.parametrize("claim_job,pattern,shape", [
+    (True, r"/jobs/7002$", "the response is a list of 1, expected an object"),  # one job, as a list
+    (False, r"/projects/42/jobs\?", "the response is an object, expected a list"),  # a jobs list, as an object
+])
+def test_gitlab_answers_of_another_shape_are_unknown(world: World, claim_job: bool, pattern: str, shape: str) -> None:
+    # a claimed job is asked on its own; a runner hostname makes the project's live jobs asked
+    lock = make_lock(who="root@somehost" if claim_job else "root@runner-abcd1234-project-42-concurrent-0")
+    job = world.fake.add_gitlab_job(42, 7002, status="success", started_at=created(lock) - timedelta(minutes=1),
+                                    finished_at=NOW - timedelta(hours=1))  # dead if read
+    if claim_job:
+        world.gl_claim(lock, 7002)
+    world.fake.fault(pattern, 200, body=json.dumps([job] if claim_job else job).encode())
+    detailed, d = world.decide(lock)
+    checker = "claims" if claim_job else "gitlab-jobs"
+    fact = answer(detailed, checker)
+    assert fact.state is Liveness.UNKNOWN, fact
+    said = " ".join([fact.reason, *(e.detail for e in fact.evidence)])  # the jobs checker words it in its evidence
+    assert f"unexpected response shape from {world.fake.gitlab_api}/projects/42/jobs" in said
+    assert shape in said and "AttributeError" not in said
+    assert detailed.fact.state is Liveness.UNKNOWN and d.action is Action.KEEP
 
 
 def test_rate_limited_is_unknown_and_stops_further_calls(world: World) -> None:

@@ -10,11 +10,10 @@ from datetime import datetime, timedelta, timezone
 import boto3
 import pytest
 
+from devtools.locks import create_claims_table
 from reaper.cli import main
 from reaper.liveness import claim_cli
 from reaper.liveness.claims import (
-    ATTRIBUTE_DEFINITIONS,
-    KEY_SCHEMA,
     TTL_ATTRIBUTE,
     Claim,
     ClaimError,
@@ -150,8 +149,7 @@ def test_item_round_trip() -> None:
 @pytest.fixture
 def table(aws):
     ddb = boto3.client("dynamodb", region_name="us-east-1")
-    ddb.create_table(TableName="claims", KeySchema=KEY_SCHEMA, AttributeDefinitions=ATTRIBUTE_DEFINITIONS,
-                     BillingMode="PAY_PER_REQUEST")
+    create_claims_table(ddb, "claims")
     return ddb
 
 

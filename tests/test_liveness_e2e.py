@@ -23,10 +23,9 @@ import boto3
 import pytest
 
 from devtools.fake_ci import FakeCI
-from devtools.locks import create_lock_table, digest_item, info_json, lock_item
+from devtools.locks import create_claims_table, create_lock_table, digest_item, info_json, lock_item
 from reaper.cli import main
 from reaper.liveness import claim_cli
-from reaper.liveness.claims import ATTRIBUTE_DEFINITIONS, KEY_SCHEMA
 from reaper.models import parse_created
 
 pytestmark = pytest.mark.e2e
@@ -64,11 +63,6 @@ liveness:
 """
 
 
-def github_env(fake: FakeCI, repo: str, run_id: int, runner: str) -> dict[str, str]:
-    return {"GITHUB_ACTIONS": "true", "GITHUB_REPOSITORY": repo, "GITHUB_RUN_ID": str(run_id), "GITHUB_RUN_ATTEMPT": "1",
-            "GITHUB_JOB": "apply", "RUNNER_NAME": runner, "GITHUB_SERVER_URL": fake.web, "GITHUB_API_URL": fake.github_api}
-
-
 def claim(argv: list[str], env: dict[str, str], now: datetime) -> None:
     p = argparse.ArgumentParser()
     claim_cli.add_arguments(p)
@@ -87,7 +81,7 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 def world(moto_env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     ddb = boto3.client("dynamodb", region_name="us-east-1")
     create_lock_table(ddb, TABLE)
-    ddb.create_table(TableName=CLAIMS, KeySchema=KEY_SCHEMA, AttributeDefinitions=ATTRIBUTE_DEFINITIONS, BillingMode="PAY_PER_REQUEST")
+    create_claims_table(ddb, CLAIMS)
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
     boto3.client("secretsmanager", region_name="us-east-1").create_secret(
         Name="lock-reaper/github-token", SecretString=json.dumps({"token": GH_TOKEN}))
@@ -116,9 +110,9 @@ def test_reap_keep_and_report_over_http(world) -> None:
     a, b, c, d = (f"{BUCKET}/prod/{x}.tfstate" for x in "abcd")
     who = {a: "runner@fv-az111-1", b: "runner@fv-az222-2", c: "runner@fv-az333-3", d: "root@runner-k3y-project-42-concurrent-0"}
     # the CI jobs claim before terraform runs ...
-    claim(["--who", who[a]], github_env(fake, "acme/infra", 1001, "GitHub Actions 1"), created - timedelta(seconds=40))
-    claim(["--who", who[b]], github_env(fake, "acme/infra", 1002, "GitHub Actions 2"), created - timedelta(seconds=40))
-    claim(["--who", who[c]], github_env(fake, "acme/broken", 1003, "GitHub Actions 3"), created - timedelta(seconds=40))
+    claim(["--who", who[a]], fake.github_job_env("acme/infra", 1001, "GitHub Actions 1"), created - timedelta(seconds=40))
+    claim(["--who", who[b]], fake.github_job_env("acme/infra", 1002, "GitHub Actions 2"), created - timedelta(seconds=40))
+    claim(["--who", who[c]], fake.github_job_env("acme/broken", 1003, "GitHub Actions 3"), created - timedelta(seconds=40))
     # ... then terraform takes its locks (and leaves them behind)
     for path in (a, b, c, d):
         put_lock(ddb, path, who[path], created)
@@ -175,7 +169,8 @@ def test_explain_shows_the_chain(world) -> None:
     now = datetime.now(timezone.utc)
     created = now - timedelta(hours=3)
     path = f"{BUCKET}/prod/c.tfstate"
-    claim(["--who", "runner@fv-az333-3"], github_env(fake, "acme/broken", 1003, "GitHub Actions 3"), created - timedelta(seconds=40))
+    claim(["--who", "runner@fv-az333-3"], fake.github_job_env("acme/broken", 1003, "GitHub Actions 3"),
+          created - timedelta(seconds=40))
     put_lock(ddb, path, "runner@fv-az333-3", created)
     fake.fault(r"/repos/acme/broken/", 500)
 
@@ -201,16 +196,13 @@ def test_explain_shows_the_chain(world) -> None:
 # ---------------------------------------------------------------------- with real Terraform
 @pytest.mark.terraform
 def test_real_terraform_lock_joined_to_its_claim(world, tmp_path: Path) -> None:
-    from devtools.terraform import S3Backend, TerraformWorkdir, cached_terraform_1_0_3
+    from devtools.terraform import S3Backend, TerraformWorkdir
     from reaper.config import load_policy
     from reaper.liveness.identity import terraform_who
     from reaper.wiring import build_reaper
+    from terraform_kit import require_terraform
 
-    binary = cached_terraform_1_0_3()
-    if binary is None:
-        if os.environ.get("TERRAFORM_1_0_3"):
-            pytest.fail("TERRAFORM_1_0_3 is set but is not an executable file")
-        pytest.skip("Terraform 1.0.3 is not cached: run `make deps`")
+    binary = require_terraform("1.0.3")
     fake, ddb, policy_path = world
     backend = S3Backend(endpoint=os.environ["AWS_ENDPOINT_URL"], bucket=BUCKET, key="prod/app.tfstate", table=TABLE)
     tf = TerraformWorkdir(binary, tmp_path / "tf", backend)
@@ -218,7 +210,7 @@ def test_real_terraform_lock_joined_to_its_claim(world, tmp_path: Path) -> None:
     tf.apply("v1")
 
     # the CI job: claim (Who computed by the reaper from the job's environment), then terraform apply
-    env = {**tf.env(), **github_env(fake, "acme/infra", 2001, "GitHub Actions 5")}
+    env = {**tf.env(), **fake.github_job_env("acme/infra", 2001, "GitHub Actions 5")}
     claim([], env, datetime.now(timezone.utc))
     held = tf.hold_lock("v2", ddb)
     assert held.info["Who"] == terraform_who(tf.env()), "Who is computed exactly as Terraform does"

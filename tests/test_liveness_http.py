@@ -9,7 +9,7 @@ import pytest
 
 from devtools.fake_ci import FakeCI, rate_limited
 from reaper.liveness.github import GITHUB_HEADERS
-from reaper.liveness.http import ApiCounter, ApiError, EtagCache, JsonApi, RateLimited, new_pool, next_link
+from reaper.liveness.http import ApiCounter, ApiError, EtagCache, JsonApi, RateLimited, UnexpectedShape, new_pool, next_link
 
 GH_TOKEN = "ghp_fakeTokenForTests0000000000000000"
 GL_TOKEN = "glpat-fakeTokenForTests00"
@@ -177,6 +177,32 @@ def test_unexpected_shape(fake: FakeCI) -> None:
     fake.fault("runners", 200, body=b'{"total_count": 1, "runners": "nope"}')
     with pytest.raises(ApiError, match="unexpected response shape"):
         gh_api(fake).get_all("orgs/acme/actions/runners", kind="runners", items_key="runners")
+
+
+@pytest.mark.parametrize("body,items_key,words", [
+    (b'[{"id": 1, "name": "r1"}]', "runners", "the response is a list of 1, expected an object"),
+    (b'{"total_count": 1, "runners": {"id": 1}}', "runners", "its 'runners' is an object, expected a list"),
+    (b'{"total_count": 1, "runners": null}', "runners", "its 'runners' is null, expected a list"),
+    (b'{"id": 1, "name": "r1"}', None, "the response is an object, expected a list"),
+    (b'[{"id": 1}, 7]', None, "item 1 of the list is a number, expected an object"),
+])
+def test_unexpected_shape_names_the_url_and_the_shape(fake: FakeCI, body: bytes, items_key: str | None, words: str) -> None:
+    fake.fault("runners", 200, body=body)
+    with pytest.raises(UnexpectedShape) as info:
+        gh_api(fake).get_all("orgs/acme/actions/runners", kind="runners", params={"per_page": 100}, items_key=items_key)
+    url = f"{fake.github_api}/orgs/acme/actions/runners?per_page=100"
+    assert isinstance(info.value, ApiError) and info.value.url == url  # an ApiError: the checkers answer unknown
+    assert str(info.value) == f"github runners: unexpected response shape from {url}: {words}"
+
+
+def test_get_object_refuses_a_list(fake: FakeCI) -> None:
+    fake.add_github_job("acme/infra", 7, 70, status="in_progress", started_at=T0)
+    api = gh_api(fake)
+    assert api.get_object("repos/acme/infra/actions/jobs/70", kind="github.job")["status"] == "in_progress"
+    fake.fault("jobs/70", 200, body=b'[{"id": 70, "status": "completed"}]')
+    url = f"{fake.github_api}/repos/acme/infra/actions/jobs/70"
+    with pytest.raises(UnexpectedShape, match=f"unexpected response shape from {url}: the response is a list of 1, expected an object"):
+        api.get_object("repos/acme/infra/actions/jobs/70", kind="github.job")
 
 
 def test_connection_refused(fake: FakeCI) -> None:

@@ -13,11 +13,11 @@ import boto3
 import pytest
 
 from devtools.fake_ci import FakeCI
-from devtools.locks import info_json
+from devtools.locks import create_claims_table, info_json
 from reaper.config import parse_policy
 from reaper.engine import Reaper
 from reaper.liveness.build import build_liveness
-from reaper.liveness.claims import ATTRIBUTE_DEFINITIONS, KEY_SCHEMA, Claim, ClaimStore
+from reaper.liveness.claims import Claim, ClaimStore
 from reaper.liveness.github import GITHUB_HEADERS
 from reaper.liveness.http import AuthError, EtagCache, JsonApi, new_pool
 from reaper.liveness.tokens import GitHubAppToken, SecretsSource, StaticToken, app_jwt, github_header
@@ -143,8 +143,7 @@ def test_no_token_key_or_jwt_is_ever_logged_or_reported(aws, app_key, caplog: py
         sm.create_secret(Name="gl-pat", SecretString=GL_TOKEN)
         sm.create_secret(Name="gh-app-key", SecretString=pkcs1)
         ddb = boto3.client("dynamodb", region_name="us-east-1")
-        ddb.create_table(TableName="claims", KeySchema=KEY_SCHEMA, AttributeDefinitions=ATTRIBUTE_DEFINITIONS,
-                         BillingMode="PAY_PER_REQUEST")
+        create_claims_table(ddb, "claims")
         policy = parse_policy(textwrap.dedent(f"""\
             mode: report
             rules: [{{match: "*", max_age: 1h}}]

@@ -20,7 +20,7 @@ from reaper.config import Policy
 from reaper.engine import Reaper
 from reaper.models import LockRecord, Outcome
 from reaper.stores.dynamodb import DynamoDBLockStore
-from tests.contract.harness import InterceptDelete
+from testkit import InterceptDelete
 
 TABLE = "terraform-locks"
 PATH = "corp-tfstate/prod/network/terraform.tfstate"

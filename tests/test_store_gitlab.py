@@ -22,6 +22,7 @@ from reaper.engine import Reaper
 from reaper.models import LivenessFact, LockRecord, Outcome
 from reaper.stores.gitlab_state import PROBE_PREFIX, GitLabStateStore
 from reaper.wiring import build_stores
+from testkit import ListAudit
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
 H = timedelta(hours=1)
@@ -35,18 +36,6 @@ def gl() -> Any:
         fake.add_token(TOKEN, "lock-reaper-bot")
         fake.add_project(PROJECT)
         yield fake
-
-
-class ListAudit:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def write(self, record: dict[str, Any]) -> str:
-        self.records.append(json.loads(json.dumps(record)))
-        return f"mem://{len(self.records)}"
-
-    def read(self, ref: str) -> dict[str, Any]:
-        return self.records[int(ref.split("//")[1]) - 1]
 
 
 class Unknown:

@@ -23,6 +23,7 @@ from reaper.liveness.composite import CompositeChecker
 from reaper.models import Liveness, Outcome
 from reaper.stores.hcp import HCPRunChecker, HCPWorkspaceStore
 from reaper.wiring import build_stores, store_checkers
+from testkit import ListAudit
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
 H = timedelta(hours=1)
@@ -32,18 +33,6 @@ H = timedelta(hours=1)
 def hcp() -> Any:
     with FakeHCP(organizations=("acme", "globex")) as fake:
         yield fake
-
-
-class ListAudit:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def write(self, record: dict[str, Any]) -> str:
-        self.records.append(json.loads(json.dumps(record)))
-        return f"mem://{len(self.records)}"
-
-    def read(self, ref: str) -> dict[str, Any]:
-        return self.records[int(ref.split("//")[1]) - 1]
 
 
 def make_policy(fake: FakeHCP, mode: str = "enforce", orgs: str = "[acme]", token: str = "token_env: HCP_TOKEN") -> Policy:
@@ -279,6 +268,23 @@ def test_run_status_unavailable_means_unknown_and_kept(hcp: FakeHCP, fault: dict
     _, reaper, _ = build(hcp, make_policy(hcp))
     e = reaper.run().locks[0]
     assert e.outcome is Outcome.KEPT and e.liveness == "unknown", e.reasons
+    assert hcp.workspaces[ws]["locked"] and hcp.calls("POST") == []
+
+
+@pytest.mark.parametrize("body,shape", [
+    ([{"data": {"attributes": {"status": "errored"}}}], "the response is a list of 1, expected an object"),
+    ({"data": [{"attributes": {"status": "errored"}}]}, "its data is a list of 1, expected an object"),
+    ({"data": {"attributes": ["errored"]}}, "its data.attributes is a list of 1, expected an object"),
+])
+def test_run_answer_of_another_shape_is_unknown_and_kept(hcp: FakeHCP, body: Any, shape: str) -> None:
+    ws, run = run_lock(hcp, "app-prod", "errored", 5 * H, 4 * H)  # dead if the answer were readable
+    hcp.fail("GET", rf"/api/v2/runs/{run}$", 200, body=body)
+    _, reaper, _ = build(hcp, make_policy(hcp))
+    e = reaper.run().locks[0]
+    assert e.outcome is Outcome.KEPT and e.liveness == "unknown", e.reasons
+    reasons = " ".join(e.reasons)
+    assert f"unexpected response shape from {hcp.url}/api/v2/runs/{run}: {shape}" in reasons, reasons
+    assert "AttributeError" not in reasons
     assert hcp.workspaces[ws]["locked"] and hcp.calls("POST") == []
 
 

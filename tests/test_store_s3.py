@@ -17,11 +17,12 @@ import boto3
 import pytest
 
 from devtools.locks import info_json
-from reaper.config import Policy
 from reaper.engine import Reaper
 from reaper.models import DeleteStatus, Liveness, LivenessFact, LockRecord, Outcome
 from reaper.ports import StoreError
 from reaper.stores.s3 import S3LockFileStore
+from testkit import ListAudit
+from testkit import enforce_policy as policy
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
 BUCKET = "corp-tfstate"
@@ -44,28 +45,9 @@ def put_lock(s3: Any, key: str = LOCK, age: timedelta = timedelta(hours=5), path
     return body
 
 
-def policy(**kw: Any) -> Policy:
-    doc: dict[str, Any] = {"mode": "enforce", "rules": [{"match": "*", "max_age": "3h", "hard_max_age": "1d"}],
-                           "audit": {"local_dir": "unused"}}
-    doc.update(kw)
-    return Policy.model_validate(doc)
-
-
 class Dead:
     def check(self, lock: LockRecord, now: datetime) -> LivenessFact:
         return LivenessFact(state=Liveness.DEAD, reason="the CI run finished", checkers=("fake",))
-
-
-class ListAudit:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def write(self, record: dict[str, Any]) -> str:
-        self.records.append(json.loads(json.dumps(record)))
-        return f"mem://{len(self.records)}"
-
-    def read(self, ref: str) -> dict[str, Any]:
-        return self.records[int(ref.split("//")[1]) - 1]
 
 
 def record_calls(client: Any, operation: str) -> list[dict[str, Any]]:

@@ -21,9 +21,7 @@ alive, keeps the lock even far past hard_max_age, and the apply then completes.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,60 +30,19 @@ import boto3
 import pytest
 
 from devtools.locks import create_lock_table
-from devtools.terraform import (
-    LOCK_ERROR,
-    S3Backend,
-    TerraformWorkdir,
-    cached_terraform_1_0_3,
-    get_item,
-    terraform_on_path,
-)
+from devtools.terraform import LOCK_ERROR, S3Backend, TerraformWorkdir, get_item
 from reaper.config import load_policy
 from reaper.engine import Reaper
 from reaper.models import Liveness, LivenessFact, LockRecord, parse_created
-from reaper.wiring import build_audit, build_reaper, build_stores
+from reaper.wiring import build_audit, build_stores
+import terraform_kit
+from terraform_kit import assert_applied, assert_plan_blocked, entry_for, reap_at, reaper_cli, restore_lock
 
 pytestmark = pytest.mark.terraform
 
-ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "tf-state"
 TABLE = "terraform-locks"
 KEY = "prod/network/terraform.tfstate"
-
-POLICY = """\
-mode: enforce
-max_deletes_per_run: 5
-min_age: 15m
-stores:
-  - type: dynamodb
-    table: {table}
-rules:
-  - name: everything
-    match: "*"
-    max_age: 1h
-    hard_max_age: 2h
-audit:
-  local_dir: {audit}
-alerts:
-  metrics:
-    enabled: false
-"""
-
-
-@pytest.fixture(params=["1.0.3", "path"], ids=["terraform-1.0.3", "terraform-on-path"])
-def terraform_binary(request: pytest.FixtureRequest) -> Path:
-    if request.param == "1.0.3":
-        binary = cached_terraform_1_0_3()
-        if binary is None:
-            if os.environ.get("TERRAFORM_1_0_3"):
-                pytest.fail(f"TERRAFORM_1_0_3={os.environ['TERRAFORM_1_0_3']} is set but is not an executable file")
-            pytest.skip("Terraform 1.0.3 is not cached: run `make deps` (scripts/fetch_terraform.py)")
-        return binary
-    binary = terraform_on_path((1, 11, 0))
-    if binary is None:
-        pytest.skip("no terraform >= 1.11 on PATH (optional extra case)")
-    return binary
-
 
 @pytest.fixture
 def backend(moto_env) -> S3Backend:
@@ -101,32 +58,7 @@ def ddb(backend: S3Backend) -> Any:
 
 
 def write_policy(tmp_path: Path) -> Path:
-    path = tmp_path / "policy.yaml"
-    path.write_text(POLICY.format(table=TABLE, audit=tmp_path / "audit"), encoding="utf-8")
-    return path
-
-
-def entry_for(report: Any, lock_id: str) -> Any:
-    matching = [e for e in report.locks if e.lock_path == lock_id]
-    assert len(matching) == 1, [e.lock_path for e in report.locks]
-    return matching[0]
-
-
-def reap_at(policy_path: Path, at: datetime) -> Any:
-    policy = load_policy(policy_path)
-    report = build_reaper(policy, clock=lambda: at).run(mode="enforce")
-    assert report.summary.store_errors == 0, report.stores
-    # digests are never reported as locks
-    assert not [e for e in report.locks if e.key.endswith("-md5")]
-    assert report.summary.digests_skipped >= 1
-    return report
-
-
-def reaper_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reaper", *args], cwd=ROOT, env=dict(os.environ),
-        capture_output=True, text=True, timeout=120,
-    )
+    return terraform_kit.write_policy(tmp_path / "policy.yaml", TABLE, tmp_path / "audit")
 
 
 @pytest.mark.parametrize("workspace", ["default", "staging"])
@@ -163,9 +95,7 @@ def test_killed_apply_lock_is_reaped_restored_and_reaped_again(
     assert stale is not None and stale["Info"]["S"] == held.raw_info, "the killed apply must leave its lock behind"
 
     # (3) Terraform itself is now blocked.
-    plan = tf.plan("v2")
-    assert plan.returncode != 0
-    assert LOCK_ERROR in plan.stdout and held.info["ID"] in plan.stdout
+    assert_plan_blocked(tf, held, "v2")
 
     # (4) the reaper in enforce mode: young -> kept; past max_age, holder unknown -> kept;
     #     past hard_max_age -> reaped (audited first).
@@ -196,12 +126,8 @@ def test_killed_apply_lock_is_reaped_restored_and_reaped_again(
     assert LOCK_ERROR not in plan.stdout
 
     # (5) restore from the audit record (the CLI): Terraform sees the same lock again.
-    restored = reaper_cli("restore", "--config", str(policy_path), "--json", reaped.audit_ref)
-    assert restored.returncode == 0, restored.stdout + restored.stderr
-    assert json.loads(restored.stdout)["status"] == "restored"
-    assert get_item(ddb, TABLE, lock_id) == stale
-    plan = tf.plan("v2")
-    assert plan.returncode != 0 and LOCK_ERROR in plan.stdout and held.info["ID"] in plan.stdout
+    restore_lock(policy_path, reaped.audit_ref, ddb, TABLE, lock_id, stale)
+    assert_plan_blocked(tf, held, "v2")
 
     # A second restore never overwrites the lock that is there now.
     again = reaper_cli("restore", "--config", str(policy_path), "--json", reaped.audit_ref)
@@ -246,8 +172,7 @@ def test_live_holder_at_prompt_is_kept_and_apply_completes(
     digest = get_item(ddb, TABLE, digest_id)
     assert digest is not None
 
-    held = tf.hold_lock("v2", ddb)
-    try:
+    with tf.hold_lock("v2", ddb) as held:
         lock = get_item(ddb, TABLE, lock_id)
         policy = load_policy(write_policy(tmp_path))
         checker = ProcessLiveness(lock_id, held.proc)
@@ -267,10 +192,4 @@ def test_live_holder_at_prompt_is_kept_and_apply_completes(
 
         # The holder finishes its own work: it applies and releases its lock.
         assert held.answer("yes") == 0, held.output
-    finally:
-        if held.alive():
-            held.kill()
-    assert "Apply complete!" in held.output
-    assert get_item(ddb, TABLE, lock_id) is None
-    assert tf.output_value() == "v2"
-    assert tf.plan("v2").returncode == 0
+    assert_applied(tf, held, ddb, TABLE, lock_id, "v2")

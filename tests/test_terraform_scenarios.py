@@ -29,35 +29,21 @@ from typing import Any
 import boto3
 import pytest
 
-from devtools.locks import create_lock_table
-from devtools.terraform import LOCK_ERROR, S3Backend, TerraformWorkdir, cached_terraform_1_0_3, get_item, terraform_on_path
-from reaper.config import load_policy
+from devtools.locks import create_claims_table, create_lock_table
+from devtools.terraform import S3Backend, TerraformWorkdir, get_item
 from reaper.models import parse_created
+from terraform_kit import ROOT, assert_applied, assert_plan_blocked, entry_for, restore_lock, write_policy
+from terraform_kit import reap_at as reap_with_env
 
 pytestmark = [pytest.mark.terraform, pytest.mark.e2e]
 
-ROOT = Path(__file__).resolve().parent.parent
 BUCKET, TABLE, CLAIMS = "tf-scenarios", "terraform-locks", "lock-reaper-claims"
 KEY = "platform/network/terraform.tfstate"
 GH_TOKEN = "ghp_scenarioToken0000000000000000000000"
 REPO = "acme/platform"
 
-POLICY = """\
-mode: enforce
-max_deletes_per_run: 5
-min_age: 15m
-stores:
-  - type: dynamodb
-    table: {table}
-rules:
-  - name: platform
-    match: "*"
-    max_age: 1h
-    hard_max_age: 2h
-audit:
-  local_dir: {audit}
-alerts:
-  metrics: {{enabled: false}}
+# terraform_kit.POLICY plus claims and a GitHub provider (the fake CI).
+LIVENESS = """\
 liveness:
   grace: 5m
   claims:
@@ -69,43 +55,23 @@ liveness:
 """
 
 
-@pytest.fixture(params=["1.0.3", "path"], ids=["terraform-1.0.3", "terraform-on-path"])
-def terraform_binary(request: pytest.FixtureRequest) -> Path:
-    if request.param == "1.0.3":
-        binary = cached_terraform_1_0_3()
-        if binary is None:
-            if os.environ.get("TERRAFORM_1_0_3"):
-                pytest.fail(f"TERRAFORM_1_0_3={os.environ['TERRAFORM_1_0_3']} is set but is not an executable file")
-            pytest.skip("Terraform 1.0.3 is not cached: run `make deps` (scripts/fetch_terraform.py)")
-        return binary
-    binary = terraform_on_path((1, 11, 0))
-    if binary is None:
-        pytest.skip("no terraform >= 1.11 on PATH (optional extra case)")
-    return binary
-
-
 @pytest.fixture
 def world(moto_env: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     fake_ci = pytest.importorskip("devtools.fake_ci")
-    claims = pytest.importorskip("reaper.liveness.claims")
     ddb = boto3.client("dynamodb", region_name="us-east-1")
     create_lock_table(ddb, TABLE)
-    ddb.create_table(TableName=CLAIMS, KeySchema=claims.KEY_SCHEMA, AttributeDefinitions=claims.ATTRIBUTE_DEFINITIONS,
-                     BillingMode="PAY_PER_REQUEST")
+    create_claims_table(ddb, CLAIMS)
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
     monkeypatch.setenv("SCENARIO_GITHUB_TOKEN", GH_TOKEN)
     with fake_ci.FakeCI(github_token=GH_TOKEN) as fake:
-        policy = tmp_path / "policy.yaml"
-        policy.write_text(POLICY.format(table=TABLE, audit=tmp_path / "audit", claims=CLAIMS, api=fake.github_api),
-                          encoding="utf-8")
+        policy = write_policy(tmp_path / "policy.yaml", TABLE, tmp_path / "audit",
+                              LIVENESS.format(claims=CLAIMS, api=fake.github_api))
         yield fake, ddb, policy
 
 
 def ci_job_env(tf: TerraformWorkdir, fake: Any, run_id: int, runner: str) -> dict[str, str]:
     """What a GitHub Actions job's step sees (plus the AWS settings the job would have)."""
-    return {**tf.env(), "GITHUB_ACTIONS": "true", "GITHUB_REPOSITORY": REPO, "GITHUB_RUN_ID": str(run_id),
-            "GITHUB_RUN_ATTEMPT": "1", "GITHUB_JOB": "apply", "RUNNER_NAME": runner, "GITHUB_SERVER_URL": fake.web,
-            "GITHUB_API_URL": fake.github_api, "REAPER_CLAIMS_TABLE": CLAIMS,
+    return {**tf.env(), **fake.github_job_env(REPO, run_id, runner), "REAPER_CLAIMS_TABLE": CLAIMS,
             "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"], "PYTHONPATH": str(ROOT)}
 
 
@@ -117,24 +83,9 @@ def reaper_claim(env: dict[str, str]) -> dict[str, Any]:
     return json.loads(proc.stdout)
 
 
-def reaper_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "reaper", *args], cwd=ROOT, env=dict(os.environ), capture_output=True,
-                          text=True, timeout=120)
-
-
 def reap_at(policy_path: Path, at: datetime) -> Any:
-    from reaper.wiring import build_reaper
-
-    report = build_reaper(load_policy(policy_path, env=os.environ), clock=lambda: at).run(mode="enforce")
-    assert report.summary.store_errors == 0, report.stores
-    assert not [e for e in report.locks if e.key.endswith("-md5")], "digests are never locks"
-    return report
-
-
-def entry_for(report: Any, lock_id: str) -> Any:
-    matching = [e for e in report.locks if e.lock_path == lock_id]
-    assert len(matching) == 1, [e.lock_path for e in report.locks]
-    return matching[0]
+    """A run with the policy's overrides from the environment, as the Lambda reads them."""
+    return reap_with_env(policy_path, at, env=os.environ)
 
 
 def ci_calls(report: Any) -> int:
@@ -153,8 +104,7 @@ def test_live_holder_at_prompt_with_a_claim_is_kept(terraform_binary: Path, worl
 
     # The CI job claims, then runs terraform apply, which waits at its prompt holding the lock.
     claimed = reaper_claim(ci_job_env(tf, fake, 3001, "GitHub Actions 7"))
-    held = tf.hold_lock("v2", ddb)
-    try:
+    with tf.hold_lock("v2", ddb) as held:
         assert held.info["Who"] == claimed["who"], "the claim names the Who Terraform writes"
         created = parse_created(held.info["Created"])
         fake.add_github_job(REPO, 3001, 31, status="in_progress", runner_name="GitHub Actions 7",
@@ -176,13 +126,7 @@ def test_live_holder_at_prompt_with_a_claim_is_kept(terraform_binary: Path, worl
 
         # The holder finishes its own work and releases its lock.
         assert held.answer("yes") == 0, held.output
-    finally:
-        if held.alive():
-            held.kill()
-    assert "Apply complete!" in held.output
-    assert get_item(ddb, TABLE, lock_id) is None
-    assert tf.output_value() == "v2"
-    assert tf.plan("v2").returncode == 0
+    assert_applied(tf, held, ddb, TABLE, lock_id, "v2")
 
 
 def test_workspace_lock_reaped_on_ci_evidence_restored_and_seen_again(
@@ -207,7 +151,7 @@ def test_workspace_lock_reaped_on_ci_evidence_restored_and_seen_again(
     assert held.kill() == -9 and held.survivors == []
     stale = get_item(ddb, TABLE, lock_id)
     assert stale is not None and stale["Info"]["S"] == held.raw_info
-    assert LOCK_ERROR in tf.plan("v2").stdout
+    assert_plan_blocked(tf, held, "v2")
     created = parse_created(held.info["Created"])
     fake.add_github_job(REPO, 4001, 41, status="completed", conclusion="cancelled", runner_name="GitHub Actions 9",
                         started_at=created - timedelta(minutes=1), completed_at=created + timedelta(minutes=2))
@@ -229,11 +173,8 @@ def test_workspace_lock_reaped_on_ci_evidence_restored_and_seen_again(
     assert tf.plan("v2").returncode == 0, "Terraform works again"
 
     # Restore puts the exact lock back: Terraform sees it again.
-    restored = reaper_cli("restore", "--config", str(policy_path), "--json", e.audit_ref)
-    assert restored.returncode == 0, restored.stdout + restored.stderr
-    assert get_item(ddb, TABLE, lock_id) == stale
-    plan = tf.plan("v2")
-    assert plan.returncode != 0 and LOCK_ERROR in plan.stdout and held.info["ID"] in plan.stdout
+    restore_lock(policy_path, e.audit_ref, ddb, TABLE, lock_id, stale)
+    assert_plan_blocked(tf, held, "v2")
 
     # The next cycle reaps it again (same evidence); the digest is still the reaper-untouched one.
     again = entry_for(reap_at(policy_path, created + timedelta(minutes=95)), lock_id)

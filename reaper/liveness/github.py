@@ -60,13 +60,8 @@ class GitHubApi:
                              lambda: self.api.get_all(path, kind="github.attempt_jobs", params={"per_page": 100}, items_key="jobs"))
 
     def job(self, repo: str, job_id: int) -> dict[str, Any]:
-        def fetch() -> dict[str, Any]:
-            body = self.api.get(f"repos/{repo}/actions/jobs/{job_id}", kind="github.job").body
-            if not isinstance(body, dict):
-                raise ApiError("github.job: unexpected response shape", kind="github.job")
-            return body
-
-        return self.memo.get("github.job", (repo, job_id), fetch)
+        return self.memo.get("github.job", (repo, job_id),
+                             lambda: self.api.get_object(f"repos/{repo}/actions/jobs/{job_id}", kind="github.job"))
 
     def runners(self, org: str | None, repo: str | None) -> tuple[list[dict[str, Any]], bool]:
         if org:

@@ -50,13 +50,8 @@ class GitLabApi:
         self.web = web_url(api.base_url)
 
     def job(self, project: int | str, job_id: int) -> dict[str, Any]:
-        def fetch() -> dict[str, Any]:
-            body = self.api.get(f"projects/{_project_ref(project)}/jobs/{job_id}", kind="gitlab.job").body
-            if not isinstance(body, dict):
-                raise ApiError("gitlab.job: unexpected response shape", kind="gitlab.job")
-            return body
-
-        return self.memo.get("gitlab.job", (str(project), job_id), fetch)
+        return self.memo.get("gitlab.job", (str(project), job_id),
+                             lambda: self.api.get_object(f"projects/{_project_ref(project)}/jobs/{job_id}", kind="gitlab.job"))
 
     def live_jobs(self, project: int | str) -> tuple[list[dict[str, Any]], bool]:
         params = [("scope[]", s) for s in self.live_scopes] + [("per_page", 100)]

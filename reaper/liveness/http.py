@@ -53,6 +53,10 @@ class RateLimited(ApiError):
     pass
 
 
+class UnexpectedShape(ApiError):
+    """A 2xx answer whose JSON is not shaped as the API documents (e.g. a list where an object is expected)."""
+
+
 class AuthError(ApiError):
     """The token could not be obtained (secret missing, App exchange failed)."""
 
@@ -384,8 +388,30 @@ class JsonApi:
     def get(self, path: str, *, kind: str, params: Any = None) -> Response:
         return self.request("GET", path, kind=kind, params=params)
 
-    def get_all(self, path: str, *, kind: str, params: Any = None, items_key: str | None = None) -> tuple[list[Any], bool]:
-        """Follow pagination up to ``max_pages``; returns (items, complete)."""
+    def expect(self, value: Any, shape: type, *, what: str, url: str | None, kind: str) -> Any:
+        """``value`` if it is a ``shape`` (dict: a JSON object, list: a JSON array); else
+        ``UnexpectedShape`` naming the URL, ``what`` was looked at and what it was."""
+        if isinstance(value, shape):
+            return value
+        raise UnexpectedShape(
+            f"{self.provider} {kind}: unexpected response shape from {url}: {what} is {describe_shape(value)}, "
+            f"expected {_EXPECTED.get(shape, shape.__name__)}",
+            url=url, kind=kind,
+        )
+
+    def get_object(self, path: str, *, kind: str, params: Any = None, conditional: bool = True) -> dict[str, Any]:
+        """GET an endpoint that answers one JSON object (one job, one run)."""
+        resp = self.request("GET", path, kind=kind, params=params, conditional=conditional)
+        return self.expect(resp.body, dict, what="the response", url=resp.url, kind=kind)
+
+    def get_all(self, path: str, *, kind: str, params: Any = None, items_key: str | None = None,
+                item_shape: type | None = dict) -> tuple[list[Any], bool]:
+        """Follow pagination up to ``max_pages``; returns (items, complete).
+
+        Each page is a JSON array, or with ``items_key`` an object holding the array
+        at that key (GitHub's ``{"total_count": n, "jobs": [...]}``); each item must
+        be an ``item_shape`` (objects by default). Anything else is ``UnexpectedShape``.
+        """
         items: list[Any] = []
         url: str | None = self.url(path, params)
         pages = 0
@@ -394,13 +420,37 @@ class JsonApi:
                 return items, False
             resp = self.get(url, kind=kind)
             pages += 1
-            body = resp.body
-            page = body.get(items_key) if (items_key and isinstance(body, dict)) else body
-            if not isinstance(page, list):
-                raise ApiError(f"{self.provider} {kind}: unexpected response shape", url=resp.url, kind=kind)
+            if items_key:
+                body = self.expect(resp.body, dict, what="the response", url=resp.url, kind=kind)
+                page = self.expect(body.get(items_key), list, what=f"its {items_key!r}", url=resp.url, kind=kind)
+            else:
+                page = self.expect(resp.body, list, what="the response", url=resp.url, kind=kind)
+            if item_shape is not None:
+                for i, item in enumerate(page):
+                    self.expect(item, item_shape, what=f"item {i} of the list", url=resp.url, kind=kind)
             items.extend(page)
             url = next_link(resp.headers, resp.url)
         return items, True
+
+
+def describe_shape(value: Any) -> str:
+    """What a parsed JSON value is, for error messages: "a list of 2", "an object", "null", ..."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return type(value).__name__
+
+
+_EXPECTED = {dict: "an object", list: "a list"}
 
 
 def _hint(status: int) -> str:

@@ -10,33 +10,11 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from ..durations import format_duration, parse_duration
+from ..policy_types import Globs, Strict as _Strict, duration_type
 
-
-def _to_timedelta(v: Any) -> Any:
-    if isinstance(v, timedelta):
-        return v
-    if isinstance(v, bool):
-        raise ValueError("expected a duration like 30s, 5m or 1h")
-    if isinstance(v, int):
-        raise ValueError(f"bare number {v} has no unit: write e.g. {v}s or {v}m")
-    return parse_duration(v)
-
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(_to_timedelta),
-    PlainSerializer(format_duration, return_type=str, when_used="json"),
-]
-
-
-def _as_list(v: Any) -> Any:
-    return [v] if isinstance(v, (str, int)) and not isinstance(v, bool) else v
-
-
-Globs = Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_as_list)]
+Duration = duration_type("30s, 5m or 1h", "sm")
 
 _REPO = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
 Repo = Annotated[str, Field(pattern=_REPO, description="owner/name")]
@@ -46,10 +24,6 @@ _NAME = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 
 GITHUB_RUN_STATUSES = ("in_progress", "queued", "waiting", "requested", "pending")
 GITLAB_LIVE_SCOPES = ("running", "pending", "preparing", "canceling", "waiting_for_resource", "created", "scheduled")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _check_api_url(v: str) -> str:

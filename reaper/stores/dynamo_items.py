@@ -10,9 +10,10 @@ items the same way:
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ..models import DIGEST_SUFFIX, LockInfo, LockRecord
+from ..models import DIGEST_SUFFIX, DeleteResult, DeleteStatus, LockInfo, LockRecord
 
 MAX_INFO_BYTES = 64 * 1024  # real LockInfo JSON is a few hundred bytes
 
@@ -88,3 +89,46 @@ def item_to_record(store: str, item: dict[str, Any]) -> LockRecord | None:
     except ValueError as exc:
         return LockRecord(store=store, key=key, lock_path=key, token=info_raw, raw=raw, parse_error=str(exc))
     return LockRecord(store=store, key=key, lock_path=key, token=info_raw, raw=raw, info=info)
+
+
+def lock_records(store: str, items: Iterable[dict[str, Any]], stats: dict[str, int]) -> Iterator[LockRecord]:
+    """The LockRecords of ``items``; state digests are counted in ``stats["digests"]``, not yielded."""
+    for item in items:
+        rec = item_to_record(store, item)
+        if rec is None:
+            stats["digests"] += 1
+            continue
+        yield rec
+
+
+def info_string(item: dict[str, Any] | None) -> str | None:
+    """The item's ``Info`` string (Terraform's LockInfo JSON), or None when it has none."""
+    info = item.get("Info") if item else None
+    return info.get("S") if isinstance(info, dict) else None
+
+
+def holder(item: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """Who holds the lock in this item now: (ID, Who) from its Info.
+
+    ``(None, None)`` without an Info string; ``("(unparseable)", None)`` when the
+    Info is not a LockInfo.
+    """
+    raw = info_string(item)
+    if raw is None:
+        return None, None
+    try:
+        li = LockInfo.parse(raw)
+        return li.ID, li.Who
+    except ValueError:
+        return "(unparseable)", None
+
+
+def raced(item: dict[str, Any] | None) -> DeleteResult:
+    """The conditional delete found another lock in the item: name its holder."""
+    cid, cwho = holder(item)
+    return DeleteResult(
+        status=DeleteStatus.RACED,
+        detail=f"raced: a new lock {cid} by {cwho or '?'} holds it now",
+        current_id=cid,
+        current_who=cwho,
+    )

@@ -17,9 +17,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from ..models import DeleteResult, DeleteStatus, LockInfo, LockRecord
+from ..models import DeleteResult, DeleteStatus, LockRecord
 from ..ports import RestoreConflict, StoreError
-from .dynamo_items import from_jsonable, item_to_record
+from .dynamo_items import from_jsonable, holder, lock_records, raced
 
 _NAMES = {"#id": "LockID", "#info": "Info", "#digest": "Digest"}
 _PROJECTION = "#id, #info, #digest"
@@ -32,20 +32,6 @@ def _code(exc: Exception) -> str:
     # (found by tests/test_faults.py): never let the error handling hide the real error
     resp = getattr(exc, "response", None)
     return str(resp.get("Error", {}).get("Code", "") or "") if isinstance(resp, dict) else ""
-
-
-def _holder(item: dict[str, Any] | None) -> tuple[str | None, str | None]:
-    if not item:
-        return None, None
-    info = item.get("Info", {})
-    raw = info.get("S") if isinstance(info, dict) else None
-    if raw is None:
-        return None, None
-    try:
-        li = LockInfo.parse(raw)
-        return li.ID, li.Who
-    except ValueError:
-        return "(unparseable)", None
 
 
 class DynamoDBLockStore:
@@ -91,12 +77,8 @@ class DynamoDBLockStore:
             self._stats["pages"] += 1
             self._stats["items"] += scanned
             self._stats["digests"] += scanned - len(items)
-            for item in items:
-                rec = item_to_record(self.name, item)
-                if rec is None:  # a digest that passed the filter (e.g. "-md5" key, no Digest)
-                    self._stats["digests"] += 1
-                    continue
-                yield rec
+            # a digest that passed the filter (e.g. "-md5" key, no Digest) is counted, not yielded
+            yield from lock_records(self.name, items, self._stats)
 
     def delete(self, lock: LockRecord) -> DeleteResult:
         if lock.info is None or not lock.token:
@@ -116,13 +98,7 @@ class DynamoDBLockStore:
             current = getattr(exc, "response", {}).get("Item")
             if not current or "Info" not in current:  # same as the in-memory store: no Info, no lock
                 return DeleteResult(status=DeleteStatus.GONE, detail="the lock was already released")
-            cid, cwho = _holder(current)
-            return DeleteResult(
-                status=DeleteStatus.RACED,
-                detail=f"raced: a new lock {cid} by {cwho or '?'} holds it now",
-                current_id=cid,
-                current_who=cwho,
-            )
+            return raced(current)
         return DeleteResult(status=DeleteStatus.DELETED, detail="deleted (condition Info = seen)")
 
     def restore(self, raw: dict[str, Any]) -> str:
@@ -139,7 +115,7 @@ class DynamoDBLockStore:
         except Exception as exc:
             if _code(exc) != "ConditionalCheckFailedException":
                 raise
-            cid, cwho = _holder(getattr(exc, "response", {}).get("Item"))
+            cid, cwho = holder(getattr(exc, "response", {}).get("Item"))
             raise RestoreConflict(
                 f"{item['LockID']['S']} is locked again (lock {cid} by {cwho or '?'}): not overwritten"
             ) from None

@@ -37,7 +37,7 @@ import urllib3
 
 from ..liveness.http import ApiError, JsonApi, RateLimited
 from ..models import DeleteResult, DeleteStatus, LockInfo, LockRecord
-from ..ports import StoreError
+from .api_store import ApiLockStore
 
 log = logging.getLogger("reaper.stores.gitlab")
 
@@ -80,10 +80,6 @@ query LockReaperState($fullPath: ID!, $after: String) {
 """.strip()
 
 
-def _host(base_url: str) -> str:
-    return base_url.split("://", 1)[-1].split("/", 1)[0]
-
-
 def _numeric_id(gid: Any) -> str | None:
     """``gid://gitlab/Project/42`` -> ``42``."""
     if isinstance(gid, str) and gid.rsplit("/", 1)[-1].isdigit():
@@ -91,48 +87,23 @@ def _numeric_id(gid: Any) -> str | None:
     return None
 
 
-class GitLabStateStore:
+class GitLabStateStore(ApiLockStore):
     """``gitlab:<host>``: locked Terraform states of the configured projects."""
 
-    restorable = False
     restore_note = RESTORE_NOTE
+    kind = "gitlab"
+    scope_kind = "project"
+    stat_keys = ("items", "digests", "pages", "locked", "released_during_probe")
+    log = log
 
     def __init__(self, api: JsonApi, projects: list[str], read_lock_id: bool = True, page_size: int = 100,
                  clock: Callable[[], datetime] | None = None):
-        self.api = api
+        super().__init__(api, page_size)
         self.projects = list(projects)
         self.read_lock_id = read_lock_id
-        self.page_size = page_size
         self.clock = clock or (lambda: datetime.now(timezone.utc))
-        self.name = f"gitlab:{_host(api.base_url)}"
-        self._stats = self._zero()
-
-    @staticmethod
-    def _zero() -> dict[str, int]:
-        return {"items": 0, "digests": 0, "pages": 0, "locked": 0, "released_during_probe": 0}
 
     # -- port -------------------------------------------------------------
-    def validate(self) -> None:
-        try:
-            self.api.auth() if self.api.auth is not None else None
-        except ApiError as exc:
-            raise StoreError(f"{self.name}: no API token: {exc.reason}") from None
-
-    def stats(self) -> dict[str, int]:
-        return dict(self._stats)
-
-    def scan(self) -> Iterator[LockRecord]:
-        self._stats = self._zero()
-        failed: list[str] = []
-        for project in self.projects:
-            try:
-                yield from self._scan_project(project, failed)
-            except ApiError as exc:  # this project's locks stay unknown: kept and reported
-                log.warning("%s: listing project %s failed: %s", self.name, project, exc.reason)
-                failed.append(f"project {project}: {exc.reason}")
-        if failed:
-            raise StoreError(f"{self.name}: " + "; ".join(failed))
-
     def delete(self, lock: LockRecord) -> DeleteResult:
         if lock.info is None or not lock.token:
             raise ValueError("refusing to delete a lock that was not parsed")
@@ -147,10 +118,10 @@ class GitLabStateStore:
             return self._after_conflict(lock)
         return DeleteResult(status=DeleteStatus.DELETED, detail=f"unlocked (DELETE .../lock?ID={lock.token})")
 
-    def restore(self, raw: dict[str, Any]) -> str:
-        raise ValueError(RESTORE_NOTE)
-
     # -- internals ----------------------------------------------------------
+    def _scopes(self) -> list[str]:
+        return self.projects
+
     def _graphql(self, query: str, variables: dict[str, Any], what: str) -> dict[str, Any]:
         resp = self.api.request("POST", "api/graphql", kind="gitlab.graphql", body={"query": query, "variables": variables},
                                 conditional=False)
@@ -160,7 +131,7 @@ class GitLabStateStore:
             raise ApiError(f"GraphQL error for {what}: {str(first.get('message', first))[:200]}", url=resp.url)
         return body.get("data") or {}
 
-    def _scan_project(self, project: str, failed: list[str]) -> Iterator[LockRecord]:
+    def _scan_scope(self, project: str, failed: list[str]) -> Iterator[LockRecord]:
         after: str | None = None
         for _ in range(MAX_PAGES):
             data = self._graphql(STATES_QUERY, {"fullPath": project, "first": self.page_size, "after": after},

@@ -35,7 +35,7 @@ from urllib.parse import quote
 from ..liveness.facts import alive, ev, from_error, judge_finished, ts, unknown
 from ..liveness.http import ApiError, JsonApi
 from ..models import DeleteResult, DeleteStatus, LivenessFact, LockInfo, LockRecord
-from ..ports import StoreError
+from .api_store import ApiLockStore
 
 log = logging.getLogger("reaper.stores.hcp")
 
@@ -48,10 +48,6 @@ RESTORE_NOTE = (
     "lock the workspace again in the UI or with POST /api/v2/workspaces/:id/actions/lock if needed"
 )
 MAX_PAGES = 1000
-
-
-def _host(base_url: str) -> str:
-    return base_url.split("://", 1)[-1].split("/", 1)[0]
 
 
 def run_started(attrs: dict[str, Any]) -> tuple[str | None, str]:
@@ -93,43 +89,22 @@ def _included(body: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(str(i.get("type")), str(i.get("id"))): i for i in body.get("included") or [] if isinstance(i, dict)}
 
 
-class HCPWorkspaceStore:
+class HCPWorkspaceStore(ApiLockStore):
     """``hcp:<host>``: locked workspaces of the configured organizations."""
 
-    restorable = False
     restore_note = RESTORE_NOTE
+    kind = "hcp"
+    scope_kind = "organization"
+    unchecked_note = " (those workspaces were not checked)"
+    log = log
 
     def __init__(self, api: JsonApi, organizations: list[str], page_size: int = 100,
                  grace: timedelta = timedelta(minutes=10)):
-        self.api = api
+        super().__init__(api, page_size)
         self.grace = grace  # for HCPRunChecker: how long a finished run may still hold the lock
         self.organizations = list(organizations)
-        self.page_size = page_size
-        self.name = f"hcp:{_host(api.base_url)}"
-        self._stats = {"items": 0, "digests": 0, "pages": 0, "locked": 0}
 
     # -- port -------------------------------------------------------------
-    def validate(self) -> None:
-        try:
-            self.api.auth() if self.api.auth is not None else None
-        except ApiError as exc:
-            raise StoreError(f"{self.name}: no API token: {exc.reason}") from None
-
-    def stats(self) -> dict[str, int]:
-        return dict(self._stats)
-
-    def scan(self) -> Iterator[LockRecord]:
-        self._stats = {"items": 0, "digests": 0, "pages": 0, "locked": 0}
-        failed: list[str] = []
-        for org in self.organizations:
-            try:
-                yield from self._scan_org(org)
-            except ApiError as exc:  # this organization's locks stay unknown: kept and reported
-                log.warning("%s: listing organization %s failed: %s", self.name, org, exc.reason)
-                failed.append(f"organization {org}: {exc.reason}")
-        if failed:
-            raise StoreError(f"{self.name}: " + "; ".join(failed) + " (those workspaces were not checked)")
-
     def delete(self, lock: LockRecord) -> DeleteResult:
         if lock.info is None or not lock.token:
             raise ValueError("refusing to delete a lock that was not parsed")
@@ -173,11 +148,11 @@ class HCPWorkspaceStore:
         return DeleteResult(status=DeleteStatus.DELETED,
                             detail=f"force-unlocked (locked-by was still {lock.token} right before the unlock)")
 
-    def restore(self, raw: dict[str, Any]) -> str:
-        raise ValueError(RESTORE_NOTE)
-
     # -- internals ----------------------------------------------------------
-    def _scan_org(self, org: str) -> Iterator[LockRecord]:
+    def _scopes(self) -> list[str]:
+        return self.organizations
+
+    def _scan_scope(self, org: str, failed: list[str]) -> Iterator[LockRecord]:
         page = 1
         for _ in range(MAX_PAGES):
             resp = self.api.get(
@@ -291,11 +266,13 @@ class HCPRunChecker:
         api = self.store.api
         org = lock.raw.get("organization", "")
         page = f"{api.base_url}/app/{org}/workspaces/{lock.raw.get('workspace_name', '')}/runs/{id_}"
+        path = f"api/v2/runs/{quote(id_, safe='')}"
         try:
-            body = api.request("GET", f"api/v2/runs/{quote(id_, safe='')}", kind="hcp.run", conditional=False).body
+            body = api.get_object(path, kind="hcp.run", conditional=False)
+            data = api.expect(body.get("data") or {}, dict, what="its data", url=api.url(path), kind="hcp.run")
+            attrs = api.expect(data.get("attributes") or {}, dict, what="its data.attributes", url=api.url(path), kind="hcp.run")
         except ApiError as exc:
             return from_error(src, f"run {id_}", exc)
-        attrs = ((body or {}).get("data") or {}).get("attributes") or {}
         status = str(attrs.get("status") or "")
         if not status:
             return unknown(src, f"run {id_} has no status", ev(src, f"run {id_}: no status", page))

@@ -12,9 +12,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..models import DeleteResult, DeleteStatus, LockInfo, LockRecord
+from ..models import DeleteResult, DeleteStatus, LockRecord
 from ..ports import RestoreConflict, StoreError
-from .dynamo_items import from_jsonable, item_to_record
+from .dynamo_items import from_jsonable, info_string, lock_records, raced
 
 
 class InMemoryLockStore:
@@ -50,16 +50,15 @@ class InMemoryLockStore:
 
     def scan(self) -> Iterator[LockRecord]:
         self._stats = {"items": 0, "digests": 0}
+        yield from lock_records(self.name, self._current_items(), self._stats)
+
+    def _current_items(self) -> Iterator[dict[str, Any]]:
+        """Copies of the items, each read when the scan reaches it (so one released mid-scan is skipped)."""
         for key in list(self.items):
             item = self.items.get(key)
-            if item is None:
-                continue
-            self._stats["items"] += 1
-            rec = item_to_record(self.name, copy.deepcopy(item))
-            if rec is None:
-                self._stats["digests"] += 1
-                continue
-            yield rec
+            if item is not None:
+                self._stats["items"] += 1
+                yield copy.deepcopy(item)
 
     def delete(self, lock: LockRecord) -> DeleteResult:
         if lock.info is None or not lock.token:
@@ -68,21 +67,11 @@ class InMemoryLockStore:
             self.on_before_delete(lock)
         with self._lock:
             current = self.items.get(lock.key)
-            info = current.get("Info", {}).get("S") if current else None
+            info = info_string(current)
             if current is None or info is None:
                 return DeleteResult(status=DeleteStatus.GONE, detail="the lock was already released")
             if info != lock.token:
-                try:
-                    li = LockInfo.parse(info)
-                    cid, cwho = li.ID, li.Who
-                except ValueError:
-                    cid, cwho = "(unparseable)", None
-                return DeleteResult(
-                    status=DeleteStatus.RACED,
-                    detail=f"raced: a new lock {cid} by {cwho or '?'} holds it now",
-                    current_id=cid,
-                    current_who=cwho,
-                )
+                return raced(current)
             del self.items[lock.key]
             self.deleted.append(lock.key)
         return DeleteResult(status=DeleteStatus.DELETED, detail="deleted (condition Info = seen)")

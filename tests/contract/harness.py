@@ -13,11 +13,9 @@ Lock paths are what ``LockRecord.lock_path`` and ``Info.Path`` hold
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 from devtools.locks import LOCK_TABLE_SCHEMA, digest_item, lock_item
-from reaper.models import DeleteResult, LockRecord
 from reaper.ports import LockStore
 from reaper.stores.memory import InMemoryLockStore
 
@@ -40,34 +38,6 @@ class StoreHarness(Protocol):
 
     def current_info(self, lock_path: str) -> str | None:
         """The raw Info held now, or None when there is no lock."""
-
-
-class InterceptDelete:
-    """Wraps any LockStore; calls ``before`` between the engine's decision and the delete.
-
-    This is how tests change a lock "between scan and delete" for any backend.
-    """
-
-    def __init__(self, store: LockStore, before: Callable[[LockRecord], None]):
-        self.inner = store
-        self.before = before
-        self.name = store.name
-
-    def validate(self) -> None:
-        self.inner.validate()
-
-    def scan(self) -> Iterator[LockRecord]:
-        return self.inner.scan()
-
-    def delete(self, lock: LockRecord) -> DeleteResult:
-        self.before(lock)
-        return self.inner.delete(lock)
-
-    def restore(self, raw: dict[str, Any]) -> str:
-        return self.inner.restore(raw)
-
-    def stats(self) -> dict[str, int]:
-        return self.inner.stats()
 
 
 # ---------------------------------------------------------------- backends

@@ -1,0 +1,59 @@
+"""Field types the policy models share (``reaper.config`` and ``reaper.liveness.settings``).
+
+Pure pydantic (no I/O): durations written as text (``90m``, ``6h``, ``2d``) and
+lists of globs that may be written as one string, plus the strict base model.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+
+from .durations import format_duration, parse_duration
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors; values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def duration_type(examples: str, units: str) -> Any:
+    """A ``timedelta`` field written as text (``"90m"``), serialised back to text in JSON.
+
+    ``examples`` and ``units`` only word the errors: ``examples`` ("90m, 6h or 2d")
+    for a value that is not a duration, ``units`` ("mhd") for a bare number, which
+    is refused with e.g. "bare number 90 has no unit: write e.g. 90m, 90h or 90d".
+    """
+
+    def to_timedelta(v: Any) -> Any:
+        if isinstance(v, timedelta):
+            return v
+        if isinstance(v, bool):
+            raise ValueError(f"expected a duration like {examples}")
+        if isinstance(v, int):
+            written = [f"{v}{u}" for u in units]
+            hint = written[0] if len(written) == 1 else ", ".join(written[:-1]) + f" or {written[-1]}"
+            raise ValueError(f"bare number {v} has no unit: write e.g. {hint}")
+        return parse_duration(v)
+
+    return Annotated[
+        timedelta,
+        BeforeValidator(to_timedelta),
+        PlainSerializer(format_duration, return_type=str, when_used="json"),
+    ]
+
+
+def as_list(v: Any) -> Any:
+    """One string stands for a list of one."""
+    return [v] if isinstance(v, str) else v
+
+
+Globs = Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(as_list)]
+
+
+def url_host(url: str) -> str:
+    """``https://gitlab.example.com/api/v4`` -> ``gitlab.example.com``: how store names show an API."""
+    return url.split("://", 1)[-1].split("/", 1)[0]
