@@ -1,18 +1,24 @@
-"""``make demo``: Lock Reaper against a local AWS emulator, with realistic locks.
+"""``make demo``: Lock Reaper against a local AWS emulator and a local CI API, with realistic locks.
 
 What it does, in order:
-1. starts ``moto_server`` on a free 127.0.0.1 port;
-2. creates the lock table ``terraform-locks``, an audit bucket, an SNS topic with
-   an SQS queue subscribed (to show the alert actually sent) and an EventBridge
-   rule that forwards ``Terraform Lock Reaped`` events to a second queue;
-3. fills the table with locks like the ones CI leaves behind (GitHub-hosted and
-   GitLab runners, plan and apply, fresh and hours old, a workspace lock), an
-   ``-md5`` digest for every state, and three suspicious items (malformed Info,
-   Created in the future, Path different from LockID);
-4. writes a policy file into ``.demo/`` and runs the real CLI as subprocesses:
-   ``python -m reaper scan`` then ``python -m reaper reap --enforce``;
-5. shows what was reaped and kept and why, the audit records, the SNS message
-   and the EventBridge events; then stops the emulator (also on Ctrl-C or errors).
+1. starts ``moto_server`` and the fake CI server (devtools/fake_ci.py: GitHub- and
+   GitLab-shaped REST APIs) on free 127.0.0.1 ports;
+2. creates the lock table ``terraform-locks``, the claims table, an audit bucket, an
+   SNS topic with an SQS queue subscribed (to show the alert actually sent) and an
+   EventBridge rule that forwards ``Terraform Lock Reaped`` events to a second queue;
+3. replays the CI jobs that ran earlier: each runs the real ``python -m reaper claim``
+   in a GitHub Actions / GitLab CI job's environment (devtools/replay_clock sets that
+   command's clock back to when the job ran), then its lock goes into the table;
+4. fills the table with those locks and others (fresh, excluded, from a laptop, a
+   workspace lock), an ``-md5`` digest for every state, and three suspicious items
+   (malformed Info, Created in the future, Path different from LockID);
+5. tells the fake CI what became of each job (cancelled, still running, failed, an
+   API answering 500), writes a policy file with a ``liveness`` section into
+   ``.demo/`` and runs the real CLI as subprocesses: ``python -m reaper scan``,
+   ``explain`` for one lock, then ``reap --enforce``;
+6. shows what was reaped and kept and why (with the evidence), the audit records,
+   the SNS message and the EventBridge events; then stops both servers (also on
+   Ctrl-C or errors).
 
 Run: ``python -m devtools.demo [--workdir DIR]``. Exit 0 when the demo ran.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -33,13 +40,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from .locks import create_lock_table, digest_item, info_json, lock_id as new_lock_id
+from .fake_ci import FakeCI
+from .locks import create_claims_table, create_lock_table, digest_item, info_json, lock_id as new_lock_id
 from .motoserver import MotoServer
 
 ROOT = Path(__file__).resolve().parent.parent
+REPLAY_CLOCK = Path(__file__).resolve().parent / "replay_clock"  # sitecustomize for the replayed claims
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
 TABLE = "terraform-locks"
+CLAIMS_TABLE = "lock-reaper-claims"
 STATE_BUCKET = "acme-tf-state"
 AUDIT_BUCKET = "acme-lock-reaper-audit"
 AUDIT_PREFIX = "lock-reaper/audit/"
@@ -48,12 +58,18 @@ ALERTS_QUEUE = "lock-reaper-alerts-inbox"
 EVENTS_QUEUE = "lock-reaper-events-inbox"
 EVENT_RULE = "lock-reaper-reaped"
 DETAIL_TYPE = "Terraform Lock Reaped"
+GITHUB_TOKEN_ENV = "DEMO_GITHUB_TOKEN"  # the policy's token_env: the fake CI's tokens
+GITLAB_TOKEN_ENV = "DEMO_GITLAB_TOKEN"
 
 GITHUB_AZ = "runner@fv-az581-229"  # GitHub-hosted runner (Azure VM naming)
-GITHUB_VM = "runner@runnervmg1sw1"  # GitHub-hosted runner (newer images)
-GITLAB = "root@runner-t3zn2hkp-project-4217-concurrent-0"  # GitLab runner, docker executor
+GITLAB_4217 = "root@runner-t3zn2hkp-project-4217-concurrent-0"  # GitLab runner, docker executor
+GITLAB_5120 = "root@runner-t3zn2hkp-project-5120-concurrent-1"
 
-POLICY = f"""\
+# Variables a CI system sets; never inherited into the demo's jobs or CLI runs (the
+# demo may itself run inside CI, and `claim` reads exactly these).
+_CI_PREFIXES = ("GITHUB_", "RUNNER_", "CI_", "GITLAB_", "REAPER_", "DEMO_CLOCK")
+
+POLICY = """\
 # Demo policy written by `make demo`. Same format as config/policy.yaml.
 mode: report                 # the CLI's --enforce turns deletes on for one run
 max_deletes_per_run: 10
@@ -61,7 +77,7 @@ min_age: 15m
 clock_skew: 5m
 stores:
   - type: dynamodb
-    table: {TABLE}
+    table: {table}
 rules:                       # first match wins
   - name: plans
     match: "*"
@@ -78,25 +94,73 @@ rules:                       # first match wins
     hard_max_age: 6h
 exclude:
   - "*/bootstrap/*"
+liveness:                    # asked only about locks past their rule's max_age
+  grace: 5m                  # a job must have ended this long ago before its holder is dead
+  claims:                    # written by `python -m reaper claim` in each CI job
+    table: {claims}
+  providers:                 # the fake CI server stands in for api.github.com and a GitLab instance
+    - type: github
+      api_url: {github_api}
+      token_env: {github_token_env}
+    - type: gitlab           # also reads runner-<token>-project-<id>-concurrent-<n> hostnames
+      api_url: {gitlab_api}
+      token_env: {gitlab_token_env}
+  state_activity:
+    enabled: false           # S3 HeadObject on the state file: the demo writes no state files
+  http:
+    timeout: 2s
 audit:
-  s3_bucket: {AUDIT_BUCKET}
-  prefix: {AUDIT_PREFIX}
+  s3_bucket: {audit_bucket}
+  prefix: {audit_prefix}
 alerts:
-  sns_topic_arn: arn:aws:sns:{REGION}:{ACCOUNT}:{TOPIC}
+  sns_topic_arn: arn:aws:sns:{region}:{account}:{topic}
   event_bus: default
   metrics:
-    enabled: false
+    enabled: false           # in production: CloudWatch metrics and alarms (e.g. LocksAlivePastHardMax)
 """
+
+
+def policy_text(fake: FakeCI) -> str:
+    return POLICY.format(table=TABLE, claims=CLAIMS_TABLE, github_api=fake.github_api, gitlab_api=fake.gitlab_api,
+                         github_token_env=GITHUB_TOKEN_ENV, gitlab_token_env=GITLAB_TOKEN_ENV,
+                         audit_bucket=AUDIT_BUCKET, audit_prefix=AUDIT_PREFIX, region=REGION, account=ACCOUNT, topic=TOPIC)
+
+
+# ---------------------------------------------------------------------------
+# What the CI jobs were, and what became of them
+@dataclass(frozen=True)
+class GitHubJob:
+    repo: str
+    run_id: int
+    job_id: int
+    job: str  # GITHUB_JOB, the job's name
+    runner: str  # RUNNER_NAME: "GitHub Actions N" on GitHub-hosted runners
+    fate: str  # "cancelled" | "in_progress" | "api_500"
+
+
+@dataclass(frozen=True)
+class GitLabJob:
+    project_id: int
+    job_id: int
+    status: str  # "failed" | "canceled"
+    claims: bool  # the job ran `python -m reaper claim`
 
 
 @dataclass(frozen=True)
 class Seed:
     lock_id: str  # the table key
     note: str  # what the item stands for (shown before the run)
-    info: str | None = None  # raw Info string (None for digest-only states)
+    info: str | None = None  # raw Info string
     who: str = ""
     operation: str = ""
     age: timedelta | None = None
+    ci: GitHubJob | GitLabJob | None = None
+
+
+# A CI job starts, claims 20 s later, and Terraform takes the lock 40 s after the claim.
+JOB_START_BEFORE_LOCK = timedelta(minutes=1)
+CLAIM_BEFORE_LOCK = timedelta(seconds=40)
+JOB_END_AFTER_LOCK = timedelta(minutes=3)  # cancelled / killed a few minutes into the apply
 
 
 def _path(key: str) -> str:
@@ -105,28 +169,37 @@ def _path(key: str) -> str:
 
 def seed_items(now: datetime) -> list[Seed]:
     """The demo's lock items, relative to ``now``."""
-    def lock(key: str, age: timedelta, op: str, who: str, note: str, version: str = "1.5.7") -> Seed:
+    def lock(key: str, age: timedelta, op: str, who: str, note: str, version: str = "1.5.7",
+             ci: GitHubJob | GitLabJob | None = None) -> Seed:
         p = _path(key)
-        return Seed(p, note, info_json(p, age, now, operation=op, who=who, version=version), who, op, age)
+        return Seed(p, note, info_json(p, age, now, operation=op, who=who, version=version), who, op, age, ci)
 
     h = timedelta(hours=1)
     m = timedelta(minutes=1)
+    apply, plan = "OperationTypeApply", "OperationTypePlan"
     seeds = [
-        lock("prod/network/terraform.tfstate", 4 * m, "OperationTypeApply", GITHUB_AZ,
+        lock("prod/network/terraform.tfstate", 4 * m, apply, GITHUB_AZ,
              "apply running right now on a GitHub-hosted runner"),
-        lock("prod/dns/terraform.tfstate", 30 * h, "OperationTypeApply", GITLAB,
-             "apply from a GitLab job killed yesterday", version="1.9.8"),
-        lock("prod/eks/terraform.tfstate", 8 * h, "OperationTypeApply", GITHUB_VM,
-             "prod apply, 8 hours old (cancelled workflow)"),
-        lock("staging/app/terraform.tfstate", 7 * h, "OperationTypePlan", GITHUB_VM,
-             "plan from a cancelled pull-request workflow"),
-        lock("dev/sandbox/terraform.tfstate", 3 * h, "OperationTypeApply", GITHUB_AZ,
-             "dev apply, 3 hours old"),
-        lock("env:/staging/services/api/terraform.tfstate", 9 * h, "OperationTypeApply", GITLAB,
-             "workspace 'staging' lock (env:/ prefix)", version="1.9.8"),
-        lock("bootstrap/org/terraform.tfstate", 5 * 24 * h, "OperationTypeApply", "alice@laptop-7",
+        lock("prod/eks/terraform.tfstate", 8 * h, apply, "runner@runnervmg1sw1",
+             "prod apply; its workflow run was cancelled",
+             ci=GitHubJob("acme/infra", 16123456789, 45123456789, "apply", "GitHub Actions 12", "cancelled")),
+        lock("staging/app/terraform.tfstate", 4 * h + 30 * m, plan, "runner@runnervm7kq2x",
+             "plan whose job is still running (hung on a provider)",
+             ci=GitHubJob("acme/app", 16123498765, 45123498765, "plan", "GitHub Actions 3", "in_progress")),
+        lock("dev/sandbox/terraform.tfstate", 3 * h, apply, "runner@fv-az112-318",
+             "dev apply; GitHub's API answers HTTP 500 for its repo",
+             ci=GitHubJob("acme/sandbox", 16123411111, 45123411111, "apply", "GitHub Actions 5", "api_500")),
+        lock("prod/dns/terraform.tfstate", 7 * h, apply, GITLAB_4217,
+             "apply from a GitLab job that failed (runner killed)", version="1.9.8",
+             ci=GitLabJob(4217, 77120, "failed", claims=False)),
+        lock("env:/staging/services/api/terraform.tfstate", 5 * h, apply, GITLAB_5120,
+             "workspace 'staging' lock (env:/ prefix); GitLab job cancelled", version="1.9.8",
+             ci=GitLabJob(5120, 88001, "canceled", claims=True)),
+        lock("dev/experiments/terraform.tfstate", 2 * 24 * h, apply, "bob@bobs-mbp",
+             "apply from an engineer's laptop two days ago (no CI to ask)"),
+        lock("bootstrap/org/terraform.tfstate", 5 * 24 * h, apply, "alice@laptop-7",
              "bootstrap state, excluded by the policy"),
-        lock("prod/data/terraform.tfstate", -2 * h, "OperationTypeApply", GITHUB_AZ,
+        lock("prod/data/terraform.tfstate", -2 * h, apply, GITHUB_AZ,
              "Created 2 hours in the future (bad clock)"),
     ]
     # Info is not JSON: a truncated write.
@@ -177,6 +250,10 @@ class Out:
         for ln in text.rstrip("\n").splitlines():
             self.line((indent + ln).rstrip())
 
+    def wrapped(self, text: str, indent: str = "  ", width: int = 100) -> None:
+        for ln in textwrap.wrap(text, width=width - len(indent), break_on_hyphens=False, break_long_words=False):
+            self.line(indent + ln)
+
 
 def _clients(endpoint: str) -> dict[str, Any]:
     import boto3
@@ -206,18 +283,26 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _all_items(ddb: Any) -> dict[str, dict[str, Any]]:
+def _all_items(ddb: Any, table: str = TABLE) -> dict[str, dict[str, Any]]:
     items: dict[str, dict[str, Any]] = {}
-    for page in ddb.get_paginator("scan").paginate(TableName=TABLE, ConsistentRead=True):
+    for page in ddb.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
         for it in page["Items"]:
-            items[it["LockID"]["S"]] = it
+            key = it["LockID"]["S"] if "LockID" in it else f"{it['Who']['S']} {it['ClaimedAt']['S']}"
+            items[key] = it
     return items
+
+
+def _clean_env() -> dict[str, str]:
+    """This process's environment without AWS profiles and CI/reaper variables."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE") and not k.startswith(_CI_PREFIXES)}
 
 
 # ---------------------------------------------------------------------------
 def setup_aws(c: dict[str, Any]) -> dict[str, str]:
-    """Lock table, audit bucket, SNS topic -> SQS, EventBridge rule -> SQS."""
+    """Lock and claims tables, buckets, SNS topic -> SQS, EventBridge rule -> SQS."""
     create_lock_table(c["dynamodb"], TABLE)
+    create_claims_table(c["dynamodb"], CLAIMS_TABLE)
     c["s3"].create_bucket(Bucket=AUDIT_BUCKET)
     c["s3"].create_bucket(Bucket=STATE_BUCKET)
     topic_arn = c["sns"].create_topic(Name=TOPIC)["TopicArn"]
@@ -245,6 +330,105 @@ def fill_table(ddb: Any, seeds: list[Seed]) -> int:
         ddb.put_item(TableName=TABLE, Item=digest_item(path))
         digests += 1
     return digests
+
+
+# ---------------------------------------------------------------------------
+# The fake CI: what became of each job
+def _created(seed: Seed, now: datetime) -> datetime:
+    assert seed.age is not None
+    return now - seed.age
+
+
+def gitlab_job_env(fake: FakeCI, job: dict[str, Any]) -> dict[str, str]:
+    """The variables a GitLab CI job's script sees (predefined CI/CD variables) for this fake's job."""
+    project_id = job["pipeline"]["project_id"]
+    path = job["web_url"].split(fake.web + "/", 1)[1].split("/-/", 1)[0]
+    return {"GITLAB_CI": "true", "CI": "true", "CI_SERVER_URL": fake.web, "CI_API_V4_URL": fake.gitlab_api,
+            "CI_PROJECT_ID": str(project_id), "CI_PROJECT_PATH": path, "CI_PIPELINE_ID": str(job["pipeline"]["id"]),
+            "CI_JOB_ID": str(job["id"]), "CI_JOB_NAME": job["name"], "CI_JOB_URL": job["web_url"],
+            "CI_JOB_STARTED_AT": job["started_at"], "CI_RUNNER_DESCRIPTION": (job.get("runner") or {}).get("description", "")}
+
+
+def setup_ci(fake: FakeCI, seeds: list[Seed], now: datetime) -> dict[str, dict[str, str]]:
+    """Put each seeded job in the fake CI, in the state it is in now. Returns the CI environment of
+    each job that claims, keyed by lock path."""
+    envs: dict[str, dict[str, str]] = {}
+    for s in seeds:
+        if s.ci is None:
+            continue
+        created = _created(s, now)
+        started, ended = created - JOB_START_BEFORE_LOCK, created + JOB_END_AFTER_LOCK
+        if isinstance(s.ci, GitHubJob):
+            j = s.ci
+            if j.fate == "cancelled":
+                fake.add_github_job(j.repo, j.run_id, j.job_id, status="completed", conclusion="cancelled",
+                                    started_at=started, completed_at=ended, runner_name=j.runner, name=j.job)
+            elif j.fate == "in_progress":
+                fake.add_github_job(j.repo, j.run_id, j.job_id, status="in_progress", started_at=started,
+                                    runner_name=j.runner, name=j.job)
+            else:  # the repo's API is down: every call about it answers 500
+                fake.fault(rf"/repos/{j.repo}/", 500)
+            envs[s.lock_id] = fake.github_job_env(j.repo, j.run_id, j.runner, job=j.job)
+        else:
+            g = s.ci
+            job = fake.add_gitlab_job(g.project_id, g.job_id, status=g.status, started_at=started, finished_at=ended)
+            if g.claims:
+                envs[s.lock_id] = gitlab_job_env(fake, job)
+    return envs
+
+
+def describe_ci(seeds: list[Seed], now: datetime) -> list[list[str]]:
+    rows = []
+    for s in seeds:
+        if s.ci is None:
+            continue
+        created = _created(s, now)
+        ended_ago = _age(now - (created + JOB_END_AFTER_LOCK))
+        started_ago = _age(now - (created - JOB_START_BEFORE_LOCK))
+        if isinstance(s.ci, GitHubJob):
+            j = s.ci
+            what = f"{j.repo} run {j.run_id}"
+            state = {"cancelled": f"job '{j.job}' completed/cancelled {ended_ago} ago",
+                     "in_progress": f"job '{j.job}' in_progress, started {started_ago} ago",
+                     "api_500": "every call about this repo answers HTTP 500"}[j.fate]
+            rows.append(["GitHub", what, j.runner, state])
+        else:
+            g = s.ci
+            rows.append(["GitLab", f"project {g.project_id} job {g.job_id}", s.who.rpartition("@")[2],
+                         f"'terraform:apply' {g.status} {ended_ago} ago; no running/pending job in the project"])
+    return rows
+
+
+# ---------------------------------------------------------------------------
+def _shown_env(env: dict[str, str], width: int = 96) -> list[str]:
+    """``NAME=value`` pairs (shell-quoted), several to a line, never split inside a value."""
+    lines: list[str] = []
+    for pair in (f"{k}={shlex.quote(v)}" for k, v in env.items()):
+        if lines and len(lines[-1]) + 1 + len(pair) <= width:
+            lines[-1] += " " + pair
+        else:
+            lines.append(pair)
+    return lines
+
+
+def run_claim(out: Out, seed: Seed, ci_env: dict[str, str], base_env: dict[str, str], now: datetime,
+              timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``python -m reaper claim`` as the CI job ran it, just before its lock was taken."""
+    claim_at = _created(seed, now) - CLAIM_BEFORE_LOCK
+    offset = (claim_at - datetime.now(timezone.utc)).total_seconds()
+    job_env = {**ci_env, "REAPER_CLAIMS_TABLE": CLAIMS_TABLE}
+    env = {**base_env, **job_env, "DEMO_CLOCK_OFFSET": f"{offset:.3f}",
+           "PYTHONPATH": os.pathsep.join([str(REPLAY_CLOCK), str(ROOT)])}
+    args = ["claim", "--who", seed.who]
+    out.line(f"$ python -m reaper {' '.join(shlex.quote(a) for a in args)}")
+    for ln in _shown_env(job_env):
+        out.line(f"    {ln}")
+    proc = subprocess.run([sys.executable, "-m", "reaper", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.stderr.strip():
+        out.block(proc.stderr, indent="  > ")
+    out.block(proc.stdout)
+    return proc
 
 
 def run_cli(out: Out, args: list[str], env: dict[str, str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
@@ -278,13 +462,45 @@ def _report_from_sns(body: str) -> dict[str, Any] | None:
     return None
 
 
-def _main_reason(lock: dict[str, Any]) -> str:
-    reasons = [r for r in lock.get("reasons", []) if r != "report mode: not deleted"]
-    if not reasons:
-        return "-"
-    if lock.get("outcome") == "reaped":
-        return "; ".join(r for r in reasons if not r.startswith("deleted"))
-    return reasons[-1]
+_GENERIC = ("report mode: not deleted", "deleted (condition")
+_FLAG_NOTES = {
+    "alive_past_hard_max": "alive past hard_max_age: in production the LocksAlivePastHardMax alarm fires",
+    "kept_unknown": "kept with liveness unknown: counted as kept_unknown in the report (LocksKeptUnknown metric)",
+}
+
+
+def verdict(entry: dict[str, Any]) -> str:
+    """One line: what the reaper concluded about the holder, and what that meant."""
+    state, outcome = entry.get("liveness", "not_checked"), entry.get("outcome")
+    if state == "dead":
+        return "holder DEAD, proved by the CI system: reaped"
+    if state == "alive":
+        return "holder ALIVE, proved by the CI system: kept"
+    if state == "unknown":
+        if outcome == "reaped":
+            return "holder UNKNOWN: reaped only because it is past hard_max_age (the policy allows it)"
+        return "holder UNKNOWN: unknown means keep"
+    return "kept before any CI question (liveness is asked only about candidates past max_age)"
+
+
+def why_lines(entry: dict[str, Any]) -> list[str]:
+    """For one lock of the run report: the verdict, every reason, the evidence (status and URL), the flags."""
+    if not entry:
+        return ["(not in the run report)"]
+    reasons = [r for r in entry.get("reasons", []) if not r.startswith(_GENERIC)]
+    lines = [verdict(entry)]
+    lines += [("why:      " if i == 0 else "          ") + r for i, r in enumerate(reasons)]
+    urls: dict[str, list[str]] = {}
+    for e in entry.get("evidence", []):
+        url = e.get("url") or ""
+        if url.startswith(("http://", "https://")):
+            statuses = urls.setdefault(url, [])
+            if e.get("status") and e["status"] not in statuses:
+                statuses.append(e["status"])
+    lines += [("evidence: " if i == 0 else "          ") + f"[{', '.join(st) or '-'}] {url}"
+              for i, (url, st) in enumerate(urls.items())]
+    lines += [f"flag:     {f}: {_FLAG_NOTES[f]}" for f in entry.get("flags", []) if f in _FLAG_NOTES]
+    return lines
 
 
 # ---------------------------------------------------------------------------
@@ -293,46 +509,85 @@ def run_demo(out: Out, workdir: Path) -> dict[str, Any]:
     started = time.monotonic()
     result: dict[str, Any] = {}
 
-    out.heading("Start a local AWS emulator (moto_server)")
+    out.heading("Start a local AWS emulator (moto_server) and a fake CI server")
     server = MotoServer()
+    fake = FakeCI()
     out.line(f"  starting moto_server on {server.endpoint} ...")
     try:
         server.start()
-        out.line("  ready. No AWS account is used: everything below talks to this emulator.")
+        fake.start()
+        out.line(f"  starting the fake CI server on {fake.url} (devtools/fake_ci.py) ...")
+        out.line("  ready. No AWS or CI account is used: everything below talks to these two local servers.")
         c = _clients(server.endpoint)
         res = setup_aws(c)
-        out.line(f"  created DynamoDB lock table  {TABLE} (key LockID, as Terraform's S3 backend expects)")
-        out.line(f"  created S3 audit bucket      s3://{AUDIT_BUCKET}/{AUDIT_PREFIX}")
-        out.line(f"  created SNS topic            {res['topic_arn']}")
-        out.line(f"     subscribed SQS queue      {ALERTS_QUEUE} (so we can read the alert)")
-        out.line(f"  created EventBridge rule     {EVENT_RULE}: detail-type '{DETAIL_TYPE}' -> SQS {EVENTS_QUEUE}")
+        out.line(f"  fake CI: GitHub's REST API at {fake.github_api} (as on GitHub Enterprise Server),")
+        out.line(f"           GitLab's at {fake.gitlab_api}; same payloads as the real APIs")
+        out.line(f"  created DynamoDB lock table   {TABLE} (key LockID, as Terraform's S3 backend expects)")
+        out.line(f"  created DynamoDB claims table {CLAIMS_TABLE} (keys Who + ClaimedAt, written by CI jobs)")
+        out.line(f"  created S3 audit bucket       s3://{AUDIT_BUCKET}/{AUDIT_PREFIX}")
+        out.line(f"  created SNS topic             {res['topic_arn']}")
+        out.line(f"     subscribed SQS queue       {ALERTS_QUEUE} (so we can read the alert)")
+        out.line(f"  created EventBridge rule      {EVENT_RULE}: detail-type '{DETAIL_TYPE}' -> SQS {EVENTS_QUEUE}")
 
-        out.heading("Fill the lock table with what CI leaves behind")
         now = datetime.now(timezone.utc)
         seeds = seed_items(now)
+        by_path = {s.lock_id: s for s in seeds}
+        ci_envs = setup_ci(fake, seeds, now)
+        base_env = _clean_env()
+        base_env.update(server.env())
+        base_env.update({"AWS_EC2_METADATA_DISABLED": "true", "PYTHONWARNINGS": "ignore"})
+
+        out.heading("Replay today's CI jobs: each claims, then Terraform takes its lock")
+        out.wrapped("Before `terraform`, each CI job runs `python -m reaper claim`. It reads the job's identity "
+                    "from the variables the CI system sets (listed under each command) and writes one item to "
+                    f"{CLAIMS_TABLE}. In CI, `claim` computes Who (user@hostname) exactly as Terraform does; "
+                    "this demo runs every job on this one machine, so it passes the lock's Who with --who.")
+        out.wrapped("These jobs ran hours ago. So that each claim carries the time its job ran, the command runs "
+                    "with devtools/replay_clock on PYTHONPATH and DEMO_CLOCK_OFFSET set: that moves only the "
+                    "claim command's clock. The reaper (scan, explain, reap) runs with the real clock.")
+        claim_exits: dict[str, int] = {}
+        for path, ci_env in ci_envs.items():
+            s = by_path[path]
+            kind = "GitHub Actions" if isinstance(s.ci, GitHubJob) else "GitLab CI"
+            out.sub(f"{_age(s.age + CLAIM_BEFORE_LOCK)} ago, a {kind} job claims, then its Terraform locks {path}")
+            proc = run_claim(out, s, ci_env, base_env, now)
+            claim_exits[path] = proc.returncode
+        result["claim_exits"] = claim_exits
+        claims = list(_all_items(c["dynamodb"], CLAIMS_TABLE).values())
+        result["claims"] = sorted((it["Who"]["S"], it["ClaimedAt"]["S"], it["Provider"]["S"]) for it in claims)
+
+        out.heading("The lock table: what those jobs, and others, left behind")
         n_digests = fill_table(c["dynamodb"], seeds)
         rows = []
         for s in seeds:
-            rows.append([s.lock_id, s.operation.replace("OperationType", "") or "?", s.who or "?", _age(s.age), s.note])
-        out.block(_table(rows, ["LOCK ID (bucket/state key)", "OP", "WHO", "AGE", "WHAT IT IS"]))
+            claimed = "yes" if s.lock_id in ci_envs else "-"
+            rows.append([s.lock_id, s.operation.replace("OperationType", "") or "?", s.who or "?", _age(s.age), claimed, s.note])
+        out.block(_table(rows, ["LOCK ID (bucket/state key)", "OP", "WHO", "AGE", "CLAIM", "WHAT IT IS"]))
         out.line(f"  + {n_digests} '-md5' state digests (one per state; never locks, never touched)")
         before = _all_items(c["dynamodb"])
         digests_before = {k: v for k, v in before.items() if "Digest" in v}
         result["digests"] = len(digests_before)
 
+        out.heading("What the CI systems say now (the fake CI server's answers)")
+        out.block(_table(describe_ci(seeds, now), ["CI", "RUN / JOB", "RUNNER", "STATE NOW"]))
+        out.wrapped("GitHub's runner_name ('GitHub Actions 12') cannot be matched to a GitHub-hosted runner's hostname "
+                    "(runnervm..., fv-az...): the claim is what ties such a lock to its job. A GitLab runner's "
+                    "hostname names its project (runner-<token>-project-<id>-concurrent-<n>): the reaper asks that "
+                    "project for running or pending jobs, with or without a claim.")
+
         out.heading("Write the policy file")
         workdir.mkdir(parents=True, exist_ok=True)
         policy_path = workdir / "policy.yaml"
-        policy_path.write_text(POLICY, encoding="utf-8")
+        policy = policy_text(fake)
+        policy_path.write_text(policy, encoding="utf-8")
         shown = os.path.relpath(policy_path, ROOT) if policy_path.is_relative_to(ROOT) else str(policy_path)
         out.line(f"  {shown}:")
-        out.block(POLICY, indent="  | ")
-        out.line("  No CI liveness checker is configured in this demo, so every holder is 'unknown':")
-        out.line("  unknown means keep, unless a lock is older than its rule's hard_max_age.")
+        out.block(policy, indent="  | ")
+        out.wrapped("A lock is reaped when it is past its rule's max_age and the CI system proves its holder dead, "
+                    "or, when nothing can be proved (unknown), only past hard_max_age. A live holder is never reaped.")
 
-        env = {k: v for k, v in os.environ.items() if k not in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE")}
-        env.update(server.env())
-        env.update({"AWS_EC2_METADATA_DISABLED": "true", "PYTHONWARNINGS": "ignore"})
+        env = dict(base_env)
+        env.update({GITHUB_TOKEN_ENV: next(iter(fake.github_tokens)), GITLAB_TOKEN_ENV: next(iter(fake.gitlab_tokens))})
 
         out.heading("Scan (read-only: lists every lock with its decision, deletes nothing)")
         scan = run_cli(out, ["scan", "--config", shown], env)
@@ -340,32 +595,39 @@ def run_demo(out: Out, workdir: Path) -> dict[str, Any]:
         after_scan = _all_items(c["dynamodb"])
         result["scan_deleted"] = len(before) - len(after_scan)
 
+        explained = next(s.lock_id for s in seeds if isinstance(s.ci, GitHubJob) and s.ci.fate == "cancelled")
+        out.heading("Explain one decision: the chain of evidence for a lock about to be reaped")
+        exp = run_cli(out, ["explain", explained, "--config", shown], env)
+        result.update(explain_exit=exp.returncode, explain_path=explained, explain_text=exp.stdout)
+
         out.heading("Reap (enforce mode: audit first, then a conditional delete, then alerts)")
         reap = run_cli(out, ["reap", "--config", shown, "--enforce"], env)
         result["reap_exit"] = reap.returncode
         after = _all_items(c["dynamodb"])
 
-        # ---- what happened: ground truth from the table, reasons from the alert ----
+        # ---- what happened: ground truth from the table, reasons and evidence from the alert ----
         sns_msgs = _receive(c["sqs"], res["alerts_url"], want=1)
         alert = json.loads(sns_msgs[0]["Body"]) if sns_msgs else None
         report = _report_from_sns(alert.get("Message", "")) if alert else None
-        reasons = {lk["lock_path"]: lk for lk in (report or {}).get("locks", [])}
+        entries = {lk["lock_path"]: lk for lk in (report or {}).get("locks", [])}
+        result["outcomes"] = {p: {"outcome": e["outcome"], "liveness": e["liveness"], "flags": sorted(e.get("flags", []))}
+                              for p, e in entries.items()}
+        result["summary"] = (report or {}).get("summary", {})
 
         gone = sorted(k for k, v in before.items() if "Info" in v and k not in after)
         kept = sorted(k for k, v in after.items() if "Info" in v)
         digests_after = {k: v for k, v in after.items() if "Digest" in v}
-        result.update(reaped=len(gone), kept=len(kept), reaped_ids=gone,
+        result.update(reaped=len(gone), kept=len(kept), reaped_ids=gone, kept_ids=kept,
                       digests_unchanged=digests_after == digests_before)
 
-        out.heading("What happened")
-        out.line(f"  Reaped ({len(gone)}): deleted from {TABLE}, each recorded in the audit bucket first")
-        for k in gone:
-            out.line(f"    - {k}")
-            out.line(f"        {_main_reason(reasons.get(k, {}))}")
-        out.line(f"  Kept ({len(kept)}): still in {TABLE}")
-        for k in kept:
-            out.line(f"    - {k}")
-            out.line(f"        {_main_reason(reasons.get(k, {}))}")
+        out.heading("What happened, and why")
+        for title, paths in ((f"Reaped ({len(gone)}): deleted from {TABLE}, each recorded in the audit bucket first", gone),
+                             (f"Kept ({len(kept)}): still in {TABLE}", kept)):
+            out.line(f"  {title}")
+            for k in paths:
+                out.line(f"    - {k}")
+                for ln in why_lines(entries.get(k, {})):
+                    out.line(f"        {ln}")
         out.line(f"  State digests: {len(digests_before)} before, {len(digests_after)} after, "
                  + ("all unchanged" if result["digests_unchanged"] else "CHANGED (this is a bug)"))
 
@@ -374,14 +636,21 @@ def run_demo(out: Out, workdir: Path) -> dict[str, Any]:
         result["audit_records"] = len(objs)
         for o in objs:
             out.line(f"  s3://{AUDIT_BUCKET}/{o['Key']}  ({o['Size']} bytes)")
-        if objs:
-            rec = json.loads(c["s3"].get_object(Bucket=AUDIT_BUCKET, Key=objs[0]["Key"])["Body"].read())
+        records = [(o["Key"], json.loads(c["s3"].get_object(Bucket=AUDIT_BUCKET, Key=o["Key"])["Body"].read())) for o in objs]
+        pick = next(((k, r) for k, r in records if r.get("lock_path") == explained), records[0] if records else None)
+        if pick:
+            key, rec = pick
             excerpt = {k: rec.get(k) for k in ("run_id", "recorded_at", "store", "lock_path", "lock_id", "rule", "reasons")}
+            liveness = rec.get("liveness") or {}
+            excerpt["liveness"] = {"state": liveness.get("state"), "checkers": liveness.get("checkers"),
+                                   "evidence": [{k: e.get(k) for k in ("detail", "url", "status")}
+                                                for e in liveness.get("evidence", [])]}
             excerpt["item"] = rec.get("item")
-            out.sub("first record (excerpt)")
+            result["audit_liveness"] = liveness.get("state")
+            out.sub(f"the record of {rec.get('lock_path')} (excerpt)")
             out.block(json.dumps(excerpt, indent=2), indent="  | ")
             out.line("  To put a reaped lock back (never overwrites a newer lock):")
-            out.line(f"    python -m reaper restore --config {shown} s3://{AUDIT_BUCKET}/{objs[0]['Key']}")
+            out.line(f"    python -m reaper restore --config {shown} s3://{AUDIT_BUCKET}/{key}")
 
         out.heading("The SNS alert that was sent (read back from the subscribed SQS queue)")
         result["sns_received"] = len(sns_msgs)
@@ -407,12 +676,15 @@ def run_demo(out: Out, workdir: Path) -> dict[str, Any]:
                      f"(lock {str(d.get('lock_id', ''))[:8]}, by {d.get('who')}, outcome {d.get('outcome')})")
         if not events:
             out.line("  no events arrived")
+        result["ci_requests"] = len(fake.requests)
     finally:
+        fake.stop()
         server.stop()
     result["seconds"] = round(time.monotonic() - started, 1)
     out.heading("Done")
-    out.line(f"  Emulator stopped. The demo took {result['seconds']} s.")
-    out.line("  Next: edit config/policy.yaml, then `python -m reaper validate --config config/policy.yaml`.")
+    out.line(f"  Emulator and fake CI stopped. The demo took {result['seconds']} s.")
+    out.line("  Next: edit config/policy.yaml, then `python -m reaper validate --config config/policy.yaml`;")
+    out.line("  add `python -m reaper claim` to your CI jobs before `terraform` (README: Liveness).")
     return result
 
 
@@ -427,13 +699,14 @@ def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
     out = Out(stream or sys.stdout)
     previous = None
     if threading.current_thread() is threading.main_thread():
-        # `kill <pid>` stops the demo like Ctrl-C does: the emulator is stopped on the way out.
+        # `kill <pid>` stops the demo like Ctrl-C does: the servers are stopped on the way out.
         previous = signal.signal(signal.SIGTERM, _interrupt)
-    out.line("Lock Reaper demo: stale Terraform locks, found and removed safely, against a local AWS emulator.")
+    out.line("Lock Reaper demo: stale Terraform locks, proved dead by the CI system and removed safely,")
+    out.line("against a local AWS emulator and a local CI API.")
     try:
         result = run_demo(out, Path(args.workdir))
     except KeyboardInterrupt:
-        out.line("\ninterrupted: the emulator was stopped.")
+        out.line("\ninterrupted: the emulator and the fake CI were stopped.")
         return 130
     except Exception as exc:  # a readable line, no stack trace
         out.line(f"\ndemo failed: {type(exc).__name__}: {textwrap.shorten(str(exc), 400)}")
@@ -446,12 +719,15 @@ def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
         problems.append("scan changed the table")
     if not result.get("digests_unchanged"):
         problems.append("a state digest changed")
-    if result.get("reap_exit") != 0 or result.get("scan_exit") != 0:
+    if any(result.get("claim_exits", {}).values()):
+        problems.append("a claim could not be written")
+    if result.get("reap_exit") != 0 or result.get("scan_exit") != 0 or result.get("explain_exit") != 0:
         problems.append("the CLI reported errors")
     if problems:
         out.line("demo finished with problems: " + "; ".join(problems))
         return 1
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
