@@ -168,11 +168,13 @@ def _restore(policy: Policy, args: argparse.Namespace, out, err, build) -> int:
 
 def _explain(policy: Policy, args: argparse.Namespace, out, err) -> int:
     from .liveness.explain import explain_lock, find_locks, render, to_json
-    from .wiring import build_liveness, build_stores, utc_now
+    from .wiring import build_liveness, build_stores, store_checkers, utc_now
 
     try:
         stores = build_stores(policy)
         liveness = build_liveness(policy)
+        for extra in store_checkers(policy, stores):  # as build_reaper does: explain shows what a run decides
+            liveness.register(extra)
     except Exception as exc:
         print(f"error: cannot set up: {type(exc).__name__}: {exc}", file=err)
         return EXIT_CONFIG

@@ -61,10 +61,18 @@ def judge_finished(
     url: str | None,
     status: str,
 ) -> LivenessFact:
-    """A finished job/run: dead after the grace period, unless it ended before the lock existed."""
+    """A finished job/run: dead after the grace period, unless it ended before the lock existed.
+
+    A job that ended at or before ``Created`` is never taken for the holder, not even
+    within ``skew``: the clock-skew allowance may only widen "alive", never "dead". A
+    reused hostname (a self-hosted runner, GitLab's ``runner-…-project-N-concurrent-M``)
+    runs its next job seconds after the last one ended; when that job took the lock
+    without a claim of its own, the previous job's claim is the latest one before
+    ``Created`` and must prove nothing. (``skew`` is kept in the signature for callers.)
+    """
     if finished_at is None:
         return unknown(source, f"{what} is {status} but reports no finish time", ev(source, f"{what}: {status}, no finish time", url, status))
-    if finished_at < created - skew:
+    if finished_at <= created:
         detail = (f"{what} finished at {finished_at.isoformat()}, before the lock was created "
                   f"({created.isoformat()}): it is not this lock's holder")
         return unknown(source, detail, ev(source, detail, url, status, finished_at))

@@ -29,7 +29,7 @@ from ..models import LivenessFact, LockRecord
 from .claims import Claim
 from .facts import Memo, alive, dead, ev, from_error, judge_finished, ts, unknown
 from .http import ApiError, JsonApi
-from .identity import parse_who
+from .identity import OWN_EVIDENCE_STORES, parse_who
 
 GITHUB_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
 ACTIVE_JOB_STATUSES = {"queued", "in_progress", "waiting", "requested", "pending"}
@@ -104,6 +104,10 @@ class GitHubClaimVerifier:
             else:
                 all_jobs, complete = self.gh.attempt_jobs(claim.repo, claim.run_id, claim.run_attempt or 1)
                 mine = [j for j in all_jobs if claim.runner_name and j.get("runner_name") == claim.runner_name]
+                if mine and not complete and all(j.get("status") == "completed" for j in mine):
+                    # a truncated list may hide a later job on the same runner (the claimer): proves nothing
+                    return unknown(src, f"{claim.describe()}: the job list is longer than the page limit",
+                                   ev(src, "job list incomplete", claim.url))
                 if mine:
                     jobs, scope = mine, f"{claim.describe()}"
                 else:
@@ -146,14 +150,23 @@ class GitHubRunnersChecker:
     def _matching(self, host: str) -> list[Any]:
         return [s for s in self.scopes if any(fnmatch.fnmatchcase(host, g) for g in s.hosts)]
 
+    @staticmethod
+    def _host(lock: LockRecord) -> str | None:
+        """The hostname of a Terraform ``user@host`` holder; None for anything else (an HCP
+        Terraform user or run, a GitLab username, an empty host): a runner name proves nothing there."""
+        if lock.info is None or lock.store.startswith(OWN_EVIDENCE_STORES) or "@" not in lock.info.Who:
+            return None
+        return parse_who(lock.info.Who).host or None
+
     def applies(self, lock: LockRecord) -> bool:
-        return lock.info is not None and bool(self._matching(parse_who(lock.info.Who).host))
+        host = self._host(lock)
+        return host is not None and bool(self._matching(host))
 
     def check(self, lock: LockRecord, now: datetime) -> LivenessFact | None:
-        if lock.info is None:
+        host = self._host(lock)
+        if host is None:
             return None
         src = self.name
-        host = parse_who(lock.info.Who).host
         scopes = self._matching(host)
         if not scopes:
             return None
@@ -171,27 +184,33 @@ class GitHubRunnersChecker:
                 continue
             names = {host.casefold(), host.split(".")[0].casefold()}  # the runner name defaults to the short hostname
             found = [r for r in runners if str(r.get("name", "")).casefold() in names]
-            if found:
-                r = found[0]
-                state = f"{r.get('status')}, {'busy' if r.get('busy') else 'idle'}"
+            for r in found:  # a runner listed twice (short and full hostname): busy anywhere means alive
                 if r.get("busy") is True:
-                    detail = f"self-hosted runner {host!r} ({scope.label}) is busy"
+                    state = f"{r.get('status')}, busy"
+                    detail = f"self-hosted runner {r.get('name')!r} ({scope.label}) is busy"
                     return alive(src, detail, *evidence, ev(src, detail, page, state))
-                if r.get("status") == "online" and r.get("busy") is False:
-                    idle.append(scope.label)
-                    evidence.append(ev(src, f"self-hosted runner {host!r} ({scope.label}) is online and idle", page, state))
-                else:
+            if found:
+                for r in found:
+                    state = f"{r.get('status')}, {'busy' if r.get('busy') else 'idle'}"
+                    said = f"self-hosted runner {r.get('name')!r} ({scope.label}) is"
+                    if r.get("status") == "online" and r.get("busy") is False:
+                        evidence.append(ev(src, f"{said} online and idle", page, state))
+                    else:
+                        uncertain = True
+                        evidence.append(ev(src, f"{said} {state}: proves nothing", page, state))
+                if not complete:  # another entry of that name may be on a page not read
                     uncertain = True
-                    evidence.append(ev(src, f"self-hosted runner {host!r} ({scope.label}) is {state}: proves nothing", page, state))
+                    evidence.append(ev(src, f"runners of {scope.label}: list longer than the page limit", page, "incomplete"))
+                idle.append(scope.label)
             elif complete:
                 evidence.append(ev(src, f"no runner named {host!r} among {len(runners)} runners of {scope.label}", page, "gone"))
             else:
                 uncertain = True
                 evidence.append(ev(src, f"runners of {scope.label}: list longer than the page limit", page, "incomplete"))
+        if uncertain:  # idle in one scope proves nothing while another scope could hold it busy
+            return unknown(src, f"self-hosted runner {host!r}: no proof either way", *evidence)
         if idle:
             return dead(src, f"self-hosted runner {host!r} is online and idle ({', '.join(idle)})", *evidence)
-        if uncertain:
-            return unknown(src, f"self-hosted runner {host!r}: no proof either way", *evidence)
         labels = ", ".join(s.label for s in scopes)
         return dead(src, f"self-hosted runner {host!r} is gone (not registered in {labels})", *evidence)
 
@@ -206,7 +225,7 @@ class GitHubReposChecker:
         self.policy = policy
 
     def _mapping(self, lock: LockRecord) -> tuple[Any, Any] | None:
-        if lock.info is None:
+        if lock.info is None or lock.store.startswith(OWN_EVIDENCE_STORES):
             return None
         rule = self.policy.rule_for(lock.lock_path, lock.info.Operation)
         m = getattr(rule, "liveness", None) if rule is not None else None

@@ -24,7 +24,7 @@ from ..models import LivenessFact, LockRecord
 from .claims import Claim
 from .facts import Memo, alive, dead, ev, from_error, judge_finished, ts, unknown
 from .http import ApiError, JsonApi
-from .identity import parse_who
+from .identity import OWN_EVIDENCE_STORES, parse_who
 
 DEFAULT_RUNNER_HOSTS = ["runner-*-project-*-concurrent-*"]
 FINISHED = {"success", "failed", "canceled", "skipped"}
@@ -99,7 +99,7 @@ class GitLabJobsChecker:
         self.policy = policy
 
     def _targets(self, lock: LockRecord) -> list[tuple[GitLabApi, int | str, str]]:
-        if lock.info is None:
+        if lock.info is None or lock.store.startswith(OWN_EVIDENCE_STORES):
             return []
         out: list[tuple[GitLabApi, int | str, str]] = []
         who = parse_who(lock.info.Who)

@@ -415,6 +415,7 @@ class JsonApi:
         items: list[Any] = []
         url: str | None = self.url(path, params)
         pages = 0
+        total: int | None = None  # what the API says the whole list holds
         while url is not None:
             if pages >= self.max_pages:
                 return items, False
@@ -423,14 +424,21 @@ class JsonApi:
             if items_key:
                 body = self.expect(resp.body, dict, what="the response", url=resp.url, kind=kind)
                 page = self.expect(body.get(items_key), list, what=f"its {items_key!r}", url=resp.url, kind=kind)
+                count = body.get("total_count")  # GitHub
             else:
                 page = self.expect(resp.body, list, what="the response", url=resp.url, kind=kind)
+                header = (resp.headers.get("x-total") or "").strip()  # GitLab (omitted past 10,000)
+                count = int(header) if header.isdigit() else None
+            if isinstance(count, int) and not isinstance(count, bool):
+                total = count
             if item_shape is not None:
                 for i, item in enumerate(page):
                     self.expect(item, item_shape, what=f"item {i} of the list", url=resp.url, kind=kind)
             items.extend(page)
             url = next_link(resp.headers, resp.url)
-        return items, True
+        # No next page, yet fewer items than the API counted (a Link header lost on the way,
+        # GitHub's 1,000-result cap on filtered lists): the list is not complete and proves no absence.
+        return items, total is None or len(items) >= total
 
 
 def describe_shape(value: Any) -> str:

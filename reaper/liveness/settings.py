@@ -87,6 +87,15 @@ class GitHubProvider(_ProviderBase):
         default_factory=lambda: ["in_progress", "queued", "waiting"], min_length=1
     )
 
+    @field_validator("active_run_statuses")
+    @classmethod
+    def _asks_about_running(cls, v: list[str]) -> list[str]:
+        # without in_progress, a repo mapping would call a holder whose run is running dead
+        if "in_progress" not in v:
+            raise ValueError("must include in_progress: without it a running workflow run proves nothing and "
+                             "a repo mapping would call its lock's holder dead")
+        return v
+
     @model_validator(mode="after")
     def _one_auth(self) -> "GitHubProvider":
         n = sum(x is not None for x in (self.token_secret, self.token_env, self.app))
@@ -104,6 +113,15 @@ class GitLabProvider(_ProviderBase):
     live_job_scopes: list[Literal[GITLAB_LIVE_SCOPES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["running", "pending", "canceling"], min_length=1
     )
+
+    @field_validator("live_job_scopes")
+    @classmethod
+    def _asks_about_running(cls, v: list[str]) -> list[str]:
+        # without running, a runner hostname or project mapping would call a running job's lock dead
+        if "running" not in v:
+            raise ValueError("must include running: without it a running job proves nothing and a runner "
+                             "hostname or project mapping would call its lock's holder dead")
+        return v
 
     @model_validator(mode="after")
     def _one_auth(self) -> "GitLabProvider":
