@@ -2,10 +2,13 @@
 
 A threaded ``http.server`` on 127.0.0.1 (free port) serving:
 
-- GitHub (Enterprise-Server-style base ``<url>/api/v3``): workflow runs per repo
-  (``?status=`` filter), jobs of a run attempt, one job, org and repo runners,
-  and a GitHub App's installation-token exchange (the JWT is verified RS256);
-- GitLab (``<url>/api/v4``): a project's jobs (``scope[]=`` filter) and one job.
+- GitHub (Enterprise-Server-style base ``<url>/api/v3``): workflow runs per repo,
+  newest first (``?status=`` filter, and ``?created=`` in GitHub's date syntax:
+  ``>=2026-11-15T00:00:00Z``, ``A..B``, ...), jobs of a run attempt, one job, org
+  and repo runners, and a GitHub App's installation-token exchange (the JWT is
+  verified RS256);
+- GitLab (``<url>/api/v4``): a project's jobs by id, newest first (``scope[]=``
+  filter, ``order_by=id``, ``sort=``) and one job.
 
 Payloads follow GitHub's OpenAPI description (``@octokit/openapi``; a test checks
 them against it) and GitLab's API documentation. Lists paginate (``per_page``,
@@ -166,6 +169,44 @@ def gl_job(web: str, project_id: int, job_id: int, *, status: str, started_at: d
     if status == "failed":
         job["failure_reason"] = "script_failure"
     return job
+
+
+# --------------------------------------------------------------------------
+# GitHub's date qualifiers (search syntax), as the workflow-runs ``created`` parameter takes them
+def _parse(text: str) -> datetime:
+    """``2026-11-22``, ``2026-11-22T10:00:00Z`` or with an offset; a bare date is midnight UTC."""
+    text = text.strip()
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+    at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
+    return at
+
+
+def created_range(q: str) -> tuple[tuple[datetime, bool] | None, tuple[datetime, bool] | None]:
+    """``>=X``, ``>X``, ``<=X``, ``<X``, ``X..Y``, ``X..*``, ``*..Y`` or a bare date (that whole day):
+    (low, inclusive) and (high, inclusive) bounds, None for open."""
+    q = q.strip()
+    for op in (">=", "<=", ">", "<"):
+        if q.startswith(op):
+            at = _parse(q[len(op):])
+            return ((at, op == ">="), None) if op[0] == ">" else (None, (at, op == "<="))
+    if ".." in q:
+        a, b = q.split("..", 1)
+        return (None if a == "*" else (_parse(a), True)), (None if b == "*" else (_parse(b), True))
+    day = _parse(q)
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", q):
+        return (day, True), (day + timedelta(days=1), False)
+    return (day, True), (day, True)
+
+
+def _in_range(at: datetime, lo: tuple[datetime, bool] | None, hi: tuple[datetime, bool] | None) -> bool:
+    if lo is not None and (at < lo[0] or (at == lo[0] and not lo[1])):
+        return False
+    if hi is not None and (at > hi[0] or (at == hi[0] and not hi[1])):
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------
@@ -389,6 +430,15 @@ class FakeCI(ThreadedServer):
                 status = (query.get("status") or [None])[0]
                 if status:
                     runs = [r for r in runs if r["status"] == status or r["conclusion"] == status]
+                created = (query.get("created") or [None])[0]
+                if created:
+                    try:
+                        lo, hi = created_range(created)
+                    except ValueError as exc:
+                        return 422, {"message": f"Validation Failed: created: {exc}",
+                                     "documentation_url": "https://docs.github.com/rest", "status": "422"}, {}
+                    runs = [r for r in runs if _in_range(_parse(r["created_at"]), lo, hi)]
+                runs.sort(key=lambda r: (r["created_at"], r["id"]), reverse=True)  # newest first, as GitHub lists them
                 chunk, headers = self._page(h, runs, query, gitlab=False)
                 return 200, {"total_count": len(runs), "workflow_runs": chunk}, headers
             m = re.fullmatch(r"/repos/([^/]+/[^/]+)/actions/runs/(\d+)/attempts/(\d+)/jobs", path)
@@ -461,7 +511,9 @@ class FakeCI(ThreadedServer):
                     return nf
                 scopes = query.get("scope[]") or query.get("scope") or []
                 jobs = [j for j in self.gl_jobs[pid] if not scopes or j["status"] in scopes]
-                jobs.sort(key=lambda j: -j["id"])
+                if (query.get("order_by") or ["id"])[0] != "id" or (query.get("sort") or ["desc"])[0] not in ("asc", "desc"):
+                    return 400, {"error": "order_by does not have a valid value"}, {}
+                jobs.sort(key=lambda j: j["id"], reverse=(query.get("sort") or ["desc"])[0] == "desc")  # by id, newest first
                 chunk, headers = self._page(h, jobs, query, gitlab=True)
                 return 200, chunk, headers
             m = re.fullmatch(r"/projects/(\d+)/jobs/(\d+)", path)

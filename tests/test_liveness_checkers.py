@@ -450,7 +450,9 @@ def test_repo_mapping(world: World, runs: list[tuple[str, timedelta]], state: Li
     assert fact.state is state
     if state is Liveness.DEAD:
         assert "acme/mapped" in fact.reason and d.action is Action.REAP
-        assert world.fake.count(r"/repos/acme/mapped/actions/runs\?status=") == 3  # in_progress, queued, waiting
+        # in_progress, queued, waiting; then, before calling it dead, the recently completed runs (one list)
+        assert world.fake.count(r"/repos/acme/mapped/actions/runs\?status=(in_progress|queued|waiting)&") == 3
+        assert world.fake.count(r"/repos/acme/mapped/actions/runs\?status=completed&created=") == 1
     else:
         assert d.action is Action.KEEP
 
@@ -474,19 +476,21 @@ GL_HOST = "root@runner-t3stt0k3n-project-42-concurrent-1-x7k2p"  # Kubernetes ex
 
 
 @pytest.mark.parametrize("jobs,state", [
-    ([("running", -timedelta(minutes=5))], Liveness.ALIVE),
-    ([("pending", None)], Liveness.ALIVE),
-    ([("canceling", -timedelta(minutes=5))], Liveness.ALIVE),
-    ([("running", timedelta(minutes=20))], Liveness.DEAD),  # started after the lock
-    ([("success", -timedelta(minutes=20))], Liveness.DEAD),
+    ([("running", -timedelta(minutes=5), None)], Liveness.ALIVE),
+    ([("pending", None, None)], Liveness.ALIVE),
+    ([("canceling", -timedelta(minutes=5), None)], Liveness.ALIVE),
+    ([("running", timedelta(minutes=20), None)], Liveness.DEAD),  # started after the lock
+    ([("success", -timedelta(minutes=20), timedelta(minutes=30))], Liveness.DEAD),  # finished 30m ago, past the grace
+    ([("success", -timedelta(minutes=20), timedelta(minutes=1))], Liveness.UNKNOWN),  # 1m ago: within the 5m grace
     ([], Liveness.DEAD),
 ])
-def test_gitlab_project_from_runner_hostname(world: World, jobs: list[tuple[str, timedelta | None]], state: Liveness) -> None:
+def test_gitlab_project_from_runner_hostname(world: World, jobs: list[tuple[str, timedelta | None, timedelta | None]],
+                                             state: Liveness) -> None:
     lock = make_lock(who=GL_HOST)
     world.fake.gl_jobs[42] = []
-    for i, (status, offset) in enumerate(jobs):
+    for i, (status, offset, ago) in enumerate(jobs):
         world.fake.add_gitlab_job(42, 900 + i, status=status, started_at=created(lock) + offset if offset is not None else None,
-                                  finished_at=NOW - timedelta(minutes=1) if status == "success" else None)
+                                  finished_at=NOW - ago if ago is not None else None)
     detailed, d = world.decide(lock)
     fact = answer(detailed, "gitlab-jobs")
     assert fact.state is state and "project 42" in fact.reason
@@ -503,7 +507,10 @@ def test_gitlab_one_jobs_list_per_project(world: World) -> None:
     world.fake.gl_jobs[42] = []
     for i in range(4):
         world.decide(make_lock(path=f"tfstate/g{i}.tfstate", who=f"root@runner-abc-project-42-concurrent-{i}"))
-    assert world.fake.count(r"/projects/42/jobs\?") == 1
+    # one live-jobs list, and (no live job: before calling them dead) one finished-jobs list
+    assert world.fake.count(r"/projects/42/jobs\?scope%5B%5D=running") == 1
+    assert world.fake.count(r"/projects/42/jobs\?scope%5B%5D=success") == 1
+    assert world.checker.stats()["memo_hits"]["gitlab.finished_jobs"] == 3
 
 
 def test_gitlab_pages_through_many_live_jobs(world: World) -> None:
@@ -512,7 +519,7 @@ def test_gitlab_pages_through_many_live_jobs(world: World) -> None:
         world.fake.add_gitlab_job(42, 3000 + i, status="running", started_at=created(lock) + timedelta(minutes=10))
     detailed, _ = world.decide(lock)
     assert answer(detailed, "gitlab-jobs").state is Liveness.DEAD
-    assert world.fake.count(r"/projects/42/jobs\?") == 2
+    assert world.fake.count(r"/projects/42/jobs\?scope%5B%5D=running") == 2
 
 
 def test_gitlab_hostname_is_ignored_for_other_hosts(world: World) -> None:

@@ -60,6 +60,7 @@ def test_defaults_without_a_section() -> None:
     assert lv.claims is None and lv.providers == []
     assert lv.state_activity.enabled and lv.state_activity.window == timedelta(minutes=10)
     assert lv.http.timeout == timedelta(seconds=10) and lv.http.rate_limit_reserve == 100
+    assert lv.max_run_duration == timedelta(days=7)  # how far back mappings look for recently finished runs/jobs
 
 
 def test_full_section_parses() -> None:
@@ -87,6 +88,11 @@ def test_claims_table_from_the_environment() -> None:
     assert p.liveness.claims.table == "t-2" and p.liveness.grace == timedelta(minutes=1)
 
 
+def test_max_run_duration_is_a_duration() -> None:
+    assert parse_policy("liveness:\n  max_run_duration: 35d\n").liveness.max_run_duration == timedelta(days=35)
+    assert parse_policy("liveness:\n  max_run_duration: 2w\n").liveness.max_run_duration == timedelta(weeks=2)
+
+
 def test_bad_claims_table_from_env_names_the_variable() -> None:
     [msg] = problems("", env={"REAPER_CLAIMS_TABLE": "no spaces allowed"})
     assert "liveness.claims.table" in msg and "REAPER_CLAIMS_TABLE" in msg
@@ -96,6 +102,8 @@ def test_bad_claims_table_from_env_names_the_variable() -> None:
     "snippet,field,line,words",
     [
         ("liveness:\n  grace: 5\n", "liveness.grace", 2, "no unit"),
+        ("liveness:\n  max_run_duration: 7\n", "liveness.max_run_duration", 2, "no unit"),
+        ("liveness:\n  max_run_duration: 0d\n", "liveness.max_run_duration", 2, "greater than zero"),
         ("liveness:\n  providers:\n    - type: jenkins\n      token_env: T\n", "liveness.providers[0]", 3, "jenkins"),
         ("liveness:\n  providers:\n    - type: github\n      api_url: ftp://x\n      token_env: T\n",
          "liveness.providers[0].api_url", 4, "http(s) URL"),

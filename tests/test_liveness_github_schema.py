@@ -101,6 +101,9 @@ def fetch(fake: FakeCI, path: str) -> Any:
     [
         ("repos/acme/infra/actions/runs?status=in_progress", "/repos/{owner}/{repo}/actions/runs"),
         ("repos/acme/infra/actions/runs", "/repos/{owner}/{repo}/actions/runs"),
+        # a repo mapping's recently completed runs (created=>=…, GitHub's date syntax)
+        ("repos/acme/infra/actions/runs?status=completed&created=%3E%3D2026-11-15T00%3A00%3A00Z&per_page=100"
+         "&exclude_pull_requests=true", "/repos/{owner}/{repo}/actions/runs"),
         ("repos/acme/infra/actions/runs/102/attempts/1/jobs", "/repos/{owner}/{repo}/actions/runs/{run_id}/attempts/{attempt_number}/jobs"),
         ("repos/acme/infra/actions/jobs/9002", "/repos/{owner}/{repo}/actions/jobs/{job_id}"),
         ("orgs/acme/actions/runners", "/orgs/{org}/actions/runners"),
@@ -111,6 +114,17 @@ def test_served_payloads_match_the_openapi_schema(fake: FakeCI, served: str, spe
     body = fetch(fake, served)
     assert body, "the fake answered something"
     assert errors(validator_for(spec_path), body) == []
+
+
+def test_completed_runs_filter_as_github_does(fake: FakeCI) -> None:
+    """``status=completed`` matches the status, ``created`` takes GitHub's date qualifiers; newest first."""
+    ids = lambda q: [r["id"] for r in fetch(fake, f"repos/acme/infra/actions/runs?{q}")["workflow_runs"]]  # noqa: E731
+    assert ids("status=completed&created=%3E%3D2026-11-15T00%3A00%3A00Z") == [102]
+    assert ids("status=completed&created=%3E%3D2026-11-23") == []  # created after T0's day: none
+    assert ids("created=2026-11-22") == [102, 101]  # that whole day, newest first (same time: higher id first)
+    assert ids("created=*..2026-11-22T08%3A59%3A59Z") == []
+    assert ids("created=2026-11-22T09%3A00%3A00Z..*") == [102, 101]
+    assert ids("status=in_progress") == [101]
 
 
 def test_installation_token_matches_the_schema() -> None:

@@ -24,10 +24,13 @@ taking the lock is still dead, sit next to them):
 8. a list with no next page but fewer items than the API counted (a lost ``Link``
    header, GitHub's result cap) was taken as complete, so a missing runner or job
    proved death;
-9. (not a delete path) ``explain`` did not ask HCP Terraform, unlike a run.
+9. (not a delete path) ``explain`` did not ask HCP Terraform, unlike a run;
+10. repo/project mappings (and the GitLab project named by a runner hostname)
+    applied no grace period: they looked only at active runs/jobs, so a run
+    cancelled a minute ago, its runner still stopping Terraform, already proved
+    "no active run". They now read the recently finished runs/jobs too.
 
 Also pinned: a list cut short by the call budget proves nothing (safe already).
-Still open, as a strict xfail: repo/project mappings apply no grace period.
 """
 
 from __future__ import annotations
@@ -305,8 +308,6 @@ def test_ci_mappings_still_judge_terraform_locks(fake: FakeCI, aws) -> None:
     assert answers(detailed)["github-repos"] is Liveness.DEAD and d.action is Action.REAP
 
 
-@pytest.mark.xfail(strict=True, reason="OPEN (safety review): a repo mapping sees only active runs, so it cannot apply "
-                   "the grace period after a run completed; fixing it needs a design decision (see the review report)")
 def test_repo_mapping_keeps_a_run_that_completed_within_the_grace_period(fake: FakeCI, aws) -> None:
     policy = make_policy(fake, mapping={"github_repos": ["acme/infra"]})
     lock = tf_lock("runner@fv-az100-3")
@@ -315,6 +316,207 @@ def test_repo_mapping_keeps_a_run_that_completed_within_the_grace_period(fake: F
                         started_at=created(lock) - timedelta(minutes=2), updated_at=NOW - timedelta(minutes=1))
     detailed, d = final(policy, lock, make_checker(policy))
     assert answers(detailed)["github-repos"] is not Liveness.DEAD and d.action is Action.KEEP
+    fact = next(a.fact for a in detailed.answers if a.checker == "github-repos")
+    assert fact.state is Liveness.UNKNOWN and "run 930" in fact.reason and "within the 5m grace" in fact.reason
+    assert any(e.url == f"{fake.web}/acme/infra/actions/runs/930" for e in fact.evidence)
+    # one list of the completed runs created since midnight UTC of NOW - 7d (max_run_duration) - 5m (grace)
+    assert fake.count(r"/repos/acme/infra/actions/runs\?status=completed&created=%3E%3D2026-11-15T00%3A00%3A00Z&") == 1
+
+
+# ---------------------------------------------------------------- 10. the grace period for mappings
+GL_RUNNER = "root@runner-abcd1234-project-44-concurrent-0"
+
+
+def gitlab_case(fake: FakeCI, how: str) -> tuple[Any, LockRecord]:
+    """A GitLab-held lock judged by project 44: named by its runner hostname, or by a rule's mapping."""
+    if how == "hostname":
+        return make_policy(fake), tf_lock(GL_RUNNER)
+    return make_policy(fake, mapping={"gitlab_projects": [44]}), tf_lock("runner@gl-shell-runner-1")
+
+
+@pytest.mark.parametrize("how", ["hostname", "mapping"])
+def test_project_evidence_keeps_a_job_that_finished_within_the_grace_period(fake: FakeCI, aws, how: str) -> None:
+    policy, lock = gitlab_case(fake, how)
+    c = created(lock)
+    fake.add_gitlab_job(44, 4400, status="success", started_at=c - timedelta(hours=3), finished_at=c - timedelta(hours=2))
+    # the holder: started before the lock, cancelled a minute ago (after_script, SIGTERM, kill may still run)
+    fake.add_gitlab_job(44, 4401, status="canceled", started_at=c - timedelta(minutes=1), finished_at=NOW - timedelta(minutes=1))
+    detailed, d = final(policy, lock, make_checker(policy))
+    fact = next(a.fact for a in detailed.answers if a.checker == "gitlab-jobs")
+    assert fact.state is Liveness.UNKNOWN and "job 4401" in fact.reason and "within the 5m grace" in fact.reason, fact.reason
+    assert d.action is Action.KEEP
+    finished = r"/projects/44/jobs\?scope%5B%5D=success&scope%5B%5D=failed&scope%5B%5D=canceled&order_by=id&sort=desc"
+    assert fake.count(finished) == 1
+
+
+@pytest.mark.parametrize("ago,state", [
+    (timedelta(minutes=4, seconds=59), Liveness.UNKNOWN),
+    (timedelta(minutes=5), Liveness.DEAD),  # exactly the grace: over
+    (timedelta(hours=1), Liveness.DEAD),
+])
+def test_repo_mapping_proves_dead_once_the_grace_has_passed(fake: FakeCI, aws, ago: timedelta, state: Liveness) -> None:
+    policy = make_policy(fake, mapping={"github_repos": ["acme/infra"]})
+    lock = tf_lock("runner@fv-az100-4")
+    fake.add_github_run("acme/infra", 940, status="completed", conclusion="cancelled",
+                        started_at=created(lock) - timedelta(minutes=2), updated_at=NOW - ago)
+    detailed, d = final(policy, lock, make_checker(policy))
+    assert answers(detailed)["github-repos"] is state, detailed.fact.reason
+    assert d.action is (Action.REAP if state is Liveness.DEAD else Action.KEEP)
+
+
+@pytest.mark.parametrize("how", ["hostname", "mapping"])
+@pytest.mark.parametrize("ago,state", [
+    (timedelta(minutes=4, seconds=59), Liveness.UNKNOWN),
+    (timedelta(minutes=5), Liveness.DEAD),
+    (timedelta(hours=1), Liveness.DEAD),
+])
+def test_project_evidence_proves_dead_once_the_grace_has_passed(fake: FakeCI, aws, how: str, ago: timedelta,
+                                                               state: Liveness) -> None:
+    policy, lock = gitlab_case(fake, how)
+    fake.add_gitlab_job(44, 4410, status="failed", started_at=created(lock) - timedelta(minutes=1), finished_at=NOW - ago)
+    detailed, d = final(policy, lock, make_checker(policy))
+    assert answers(detailed)["gitlab-jobs"] is state, detailed.fact.reason
+    assert d.action is (Action.REAP if state is Liveness.DEAD else Action.KEEP)
+
+
+def test_a_run_that_began_after_the_lock_and_just_completed_is_not_its_holder(fake: FakeCI, aws) -> None:
+    # positive controls: a run created after the lock (it waited for the lock, or did something else) that
+    # finished a minute ago says nothing about the holder; the mapping still proves death
+    policy = make_policy(fake, mapping={"github_repos": ["acme/infra"], "gitlab_projects": [44]})
+    lock = tf_lock("runner@fv-az100-5")
+    c = created(lock)
+    fake.add_github_run("acme/infra", 950, status="completed", conclusion="failure", started_at=c + timedelta(minutes=30),
+                        updated_at=NOW - timedelta(minutes=1))
+    fake.add_gitlab_job(44, 4420, status="failed", started_at=c + timedelta(minutes=30), finished_at=NOW - timedelta(minutes=1))
+    detailed, d = final(policy, lock, make_checker(policy))
+    got = answers(detailed)
+    assert (got["github-repos"], got["gitlab-jobs"]) == (Liveness.DEAD, Liveness.DEAD), detailed.fact.reason
+    assert d.action is Action.REAP
+
+
+def test_a_finished_job_without_a_finish_time_proves_nothing(fake: FakeCI, aws) -> None:
+    policy, lock = gitlab_case(fake, "hostname")
+    job = fake.add_gitlab_job(44, 4430, status="canceled", started_at=created(lock) - timedelta(minutes=1),
+                              finished_at=NOW - timedelta(hours=1))
+    job["finished_at"] = None
+    detailed, d = final(policy, lock, make_checker(policy))
+    assert answers(detailed)["gitlab-jobs"] is Liveness.UNKNOWN, detailed.fact.reason
+    assert any("job 4430" in e.detail and "no finish time" in e.detail for e in detailed.fact.evidence)
+    assert d.action is Action.KEEP
+
+
+@pytest.mark.parametrize("fault", ["500", "rate-limited", "total-count-cap"])
+def test_a_failing_lookup_of_completed_runs_is_unknown(fake: FakeCI, aws, fault: str) -> None:
+    from devtools.fake_ci import rate_limited
+
+    policy = make_policy(fake, mapping={"github_repos": ["acme/infra"]})
+    lock = tf_lock("runner@fv-az100-6")
+    completed = r"/repos/acme/infra/actions/runs\?status=completed"
+    if fault == "500":
+        fake.fault(completed, 500)
+    elif fault == "rate-limited":
+        fake.faults.append(rate_limited(completed, retry_after=3600))
+    else:  # GitHub caps a filtered list at 1,000 results: fewer items than total_count, no next page
+        fake.fault(completed, 200, body=json.dumps({"total_count": 1500, "workflow_runs": []}).encode())
+    detailed, d = final(policy, lock, make_checker(policy))
+    assert answers(detailed)["github-repos"] is Liveness.UNKNOWN, detailed.fact.reason
+    assert "recently completed run" in detailed.fact.reason and d.action is Action.KEEP
+
+
+@pytest.mark.parametrize("how", ["hostname", "mapping"])
+def test_a_failing_lookup_of_finished_jobs_is_unknown(fake: FakeCI, aws, how: str) -> None:
+    policy, lock = gitlab_case(fake, how)
+    fake.gl_jobs[44] = []
+    fake.fault(r"/projects/44/jobs\?scope%5B%5D=success", 500)
+    detailed, d = final(policy, lock, make_checker(policy))
+    assert answers(detailed)["gitlab-jobs"] is Liveness.UNKNOWN, detailed.fact.reason
+    assert "recently finished job" in detailed.fact.reason and d.action is Action.KEEP
+
+
+def test_a_truncated_list_of_completed_runs_is_unknown(aws) -> None:
+    with FakeCI(github_token=GH_TOKEN, gitlab_token=GL_TOKEN, per_page_max=1) as fake:
+        policy = make_policy(fake, mapping={"github_repos": ["acme/infra"]}, max_pages=1)
+        lock = tf_lock("runner@fv-az100-7")
+        c = created(lock)
+        # page 1 (newest): a run long over; page 2 (never read): the holder, cancelled a minute ago
+        fake.add_github_run("acme/infra", 961, status="completed", conclusion="success", started_at=c - timedelta(minutes=5),
+                            updated_at=c)
+        fake.add_github_run("acme/infra", 960, status="completed", conclusion="cancelled",
+                            started_at=c - timedelta(minutes=10), updated_at=NOW - timedelta(minutes=1))
+        detailed, d = final(policy, lock, make_checker(policy))
+        assert answers(detailed)["github-repos"] is Liveness.UNKNOWN, detailed.fact.reason
+        assert "page limit" in " ".join(e.detail for e in detailed.fact.evidence) and d.action is Action.KEEP
+
+
+@pytest.mark.parametrize("how", ["hostname", "mapping"])
+def test_a_truncated_list_of_finished_jobs_is_unknown(aws, how: str) -> None:
+    with FakeCI(github_token=GH_TOKEN, gitlab_token=GL_TOKEN, per_page_max=1) as fake:
+        policy, lock = gitlab_case(fake, how)
+        policy = policy.model_copy(update={"liveness": policy.liveness.model_copy(update={
+            "http": policy.liveness.http.model_copy(update={"max_pages": 1})})})
+        c = created(lock)
+        # by id, newest first: page 1 a later job long over, page 2 (never read) the holder, cancelled a minute ago
+        fake.add_gitlab_job(44, 4440, status="canceled", started_at=c - timedelta(minutes=30),
+                            finished_at=NOW - timedelta(minutes=1))
+        fake.add_gitlab_job(44, 4441, status="success", started_at=c - timedelta(minutes=1),
+                            finished_at=c + timedelta(minutes=10))
+        detailed, d = final(policy, lock, make_checker(policy))
+        assert answers(detailed)["gitlab-jobs"] is Liveness.UNKNOWN, detailed.fact.reason
+        assert "page limit" in " ".join(e.detail for e in detailed.fact.evidence) and d.action is Action.KEEP
+
+
+def test_the_finished_jobs_list_is_read_back_to_the_horizon_only(aws) -> None:
+    # GitLab lists jobs by id, newest first: once a page reaches a job created before
+    # NOW - grace - max_run_duration, every later page is older still and is not asked for
+    with FakeCI(github_token=GH_TOKEN, gitlab_token=GL_TOKEN, per_page_max=1) as fake:
+        policy, lock = gitlab_case(fake, "hostname")
+        c = created(lock)
+        for i in range(5):  # 10, 11, ... days old: all before the 7-day horizon
+            at = NOW - timedelta(days=10 + i)
+            fake.add_gitlab_job(44, 4459 - i, status="success", started_at=at, finished_at=at + timedelta(minutes=5))
+        fake.add_gitlab_job(44, 4460, status="success", started_at=c - timedelta(minutes=9), finished_at=c - timedelta(minutes=1))
+        detailed, d = final(policy, lock, make_checker(policy))
+        assert answers(detailed)["gitlab-jobs"] is Liveness.DEAD and d.action is Action.REAP
+        assert fake.count(r"/projects/44/jobs\?scope%5B%5D=success") == 2  # 4460, then 4459 (10 days old): stop
+
+        # the same jobs, with a max_run_duration reaching back past all of them: 6 pages, over max_pages (3)
+        fake.requests.clear()
+        longer = policy.model_copy(update={"liveness": policy.liveness.model_copy(update={
+            "max_run_duration": timedelta(days=30), "http": policy.liveness.http.model_copy(update={"max_pages": 3})})})
+        detailed, d = final(longer, lock, make_checker(longer))
+        assert answers(detailed)["gitlab-jobs"] is Liveness.UNKNOWN and d.action is Action.KEEP
+        assert fake.count(r"/projects/44/jobs\?scope%5B%5D=success") == 3
+
+
+def test_the_completed_runs_lookup_respects_the_call_budget(fake: FakeCI, aws) -> None:
+    policy = make_policy(fake, mapping={"github_repos": ["acme/infra"]})
+    policy = policy.model_copy(update={"liveness": policy.liveness.model_copy(update={
+        "http": policy.liveness.http.model_copy(update={"max_calls_per_run": 3})})})  # the 3 active-status lists
+    detailed, d = final(policy, tf_lock("runner@fv-az100-8"), make_checker(policy))
+    assert answers(detailed)["github-repos"] is Liveness.UNKNOWN, detailed.fact.reason
+    assert "budget" in " ".join(e.detail for e in detailed.fact.evidence) and d.action is Action.KEEP
+    assert fake.count(r"status=completed") == 0
+
+
+def test_completed_runs_are_listed_once_per_repo_per_run_and_revalidated_by_etag(aws) -> None:
+    from reaper.liveness.http import EtagCache
+
+    with FakeCI(github_token=GH_TOKEN, gitlab_token=GL_TOKEN) as fake:
+        policy = make_policy(fake, mapping={"github_repos": ["acme/infra"]})
+        fake.add_github_run("acme/infra", 970, status="completed", conclusion="success", started_at=NOW - timedelta(hours=9),
+                            updated_at=NOW - timedelta(hours=8))
+        etags = EtagCache()
+        for _ in range(2):  # two runs of the reaper (a warm Lambda keeps its ETags)
+            checker = build_liveness(
+                policy, lambda service, region=None: boto3.client(service, region_name=region or "us-east-1"),
+                env={"TEST_GH_TOKEN": GH_TOKEN, "TEST_GL_TOKEN": GL_TOKEN}, etags=etags, sleep=lambda s: None)
+            for i in range(3):
+                lock = tf_lock(f"runner@fv-az10{i}-9", path=f"tfstate/prod/app{i}.tfstate")
+                assert checker.check_detailed(lock, NOW).fact.state is Liveness.DEAD
+            assert checker.stats()["by_kind"]["github.finished_runs"] == 1
+            assert checker.stats()["memo_hits"]["github.finished_runs"] == 2
+        completed = r"/repos/acme/infra/actions/runs\?status=completed"
+        assert fake.count(completed, status=200) == 1 and fake.count(completed, status=304) == 1
 
 
 # ---------------------------------------------------------------- 7. statuses a mapping must ask about

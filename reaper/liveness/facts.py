@@ -84,6 +84,44 @@ def judge_finished(
     return dead(source, detail, ev(source, detail, url, status, finished_at))
 
 
+def finished_horizon(now: datetime, grace: timedelta, max_run_duration: timedelta) -> datetime:
+    """The earliest creation time of a run or job that can have finished within ``grace`` of ``now``,
+    if none lasts longer than ``max_run_duration`` from its creation to its end."""
+    return now - grace - max_run_duration
+
+
+def recent_finish(
+    source: str,
+    label: str,
+    began: datetime | None,
+    finished: datetime | None,
+    created: datetime,
+    now: datetime,
+    grace: timedelta,
+    skew: timedelta,
+    url: str | None,
+    status: str,
+) -> tuple[str, Evidence] | None:
+    """One finished run/job, seen by a repo or project mapping that found no live one.
+
+    Returns ``("recent", evidence)`` when it could be the lock's holder (it began at or
+    before ``Created`` + ``skew``) and finished less than ``grace`` ago: its runner may
+    still be stopping Terraform, so it proves nothing. ``("doubt", evidence)`` when it
+    could be the holder but reports no finish time. ``None`` when it cannot matter:
+    it began after the lock was created, or finished ``grace`` or longer ago.
+    """
+    if began is not None and began > created + skew:
+        return None
+    if finished is None:
+        return "doubt", ev(source, f"{label} is {status} but reports no finish time: proves nothing", url, status)
+    ago = now - finished
+    if ago >= grace:
+        return None
+    detail = (f"{label} finished {format_duration(max(ago, timedelta(0)))} ago ({status}), within the "
+              f"{format_duration(grace)} grace period: its runner may still be stopping Terraform")
+    return "recent", ev(source, detail, url, status, finished)
+
+
 class Memo:
     """Per-run memo of API answers, errors included (a failing endpoint is asked once)."""
 

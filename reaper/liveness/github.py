@@ -12,22 +12,28 @@ Three kinds of evidence, each conservative:
   offline means unknown.
 - **repo mapping** (``GitHubReposChecker``): a rule says its locks are only
   taken by CI in some repos. Any active run there that started before the lock
-  was created means alive; none (with every list complete) means dead.
+  was created means alive. None (with every list complete) means dead only when
+  no completed run that could be the holder (created before the lock) finished
+  within the grace period: those are read from the completed runs created within
+  ``max_run_duration`` + grace (``created=>=…``); one that finished within the
+  grace, a list cut short or failing means unknown.
 
 API answers are memoised per run (one runners list per org or repo, one jobs
-list per run attempt, one runs list per repo and status).
+list per run attempt, one runs list per repo and status, one completed-runs
+list per repo).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
+from ..durations import format_duration
 from ..models import LivenessFact, LockRecord
 from .claims import Claim
-from .facts import Memo, alive, dead, ev, from_error, judge_finished, ts, unknown
+from .facts import Memo, alive, dead, ev, finished_horizon, from_error, judge_finished, recent_finish, ts, unknown
 from .http import ApiError, JsonApi
 from .identity import OWN_EVIDENCE_STORES, parse_who
 
@@ -74,6 +80,18 @@ class GitHubApi:
         path = f"repos/{repo}/actions/runs"
         return self.memo.get("github.runs", (repo, status), lambda: self.api.get_all(
             path, kind="github.runs", params={"status": status, "per_page": 100, "exclude_pull_requests": "true"},
+            items_key="workflow_runs"))
+
+    def finished_runs(self, repo: str, since: datetime) -> tuple[list[dict[str, Any]], bool]:
+        """Every completed run of ``repo`` created at or after ``since`` (``created=>=…``, GitHub's
+        search date syntax), all pages. ``since`` is whole UTC midnight, so the URL (and its ETag)
+        stays the same all day; a list longer than ``max_pages`` or GitHub's 1,000-result cap
+        comes back incomplete."""
+        path = f"repos/{repo}/actions/runs"
+        created = ">=" + since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return self.memo.get("github.finished_runs", (repo, created), lambda: self.api.get_all(
+            path, kind="github.finished_runs",
+            params={"status": "completed", "created": created, "per_page": 100, "exclude_pull_requests": "true"},
             items_key="workflow_runs"))
 
 
@@ -216,7 +234,8 @@ class GitHubRunnersChecker:
 
 
 class GitHubReposChecker:
-    """A rule's repo mapping: active runs that started before the lock was created."""
+    """A rule's repo mapping: active runs that started before the lock was created, then runs that
+    could be the holder and completed within the grace period."""
 
     name = "github-repos"
 
@@ -270,8 +289,49 @@ class GitHubReposChecker:
                         return alive(src, detail, *evidence, ev(src, detail, run.get("html_url"), str(run.get("status")), started))
         if uncertain:
             return unknown(src, f"rule {rule.label}: could not list every active run", *evidence)
+        # No active run: the holder's run may have completed a moment ago, its runner still stopping
+        # Terraform (SIGINT, SIGTERM, kill). Dead only once every run that could be the holder
+        # (created before the lock) finished at least `grace` ago.
+        grace = self.policy.liveness.grace
+        horizon = finished_horizon(now, grace, self.policy.liveness.max_run_duration)
+        since = horizon.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        recent: list[Any] = []
+        for repo in m.github_repos:
+            page = f"{gh.web}/{repo}/actions"
+            try:
+                runs, complete = gh.finished_runs(repo, since)
+            except ApiError as exc:
+                uncertain = True
+                evidence.append(ev(src, f"{repo} completed runs since {since.date().isoformat()}: {exc.reason}", exc.url,
+                                   str(exc.status or "error")))
+                continue
+            if not complete:
+                uncertain = True
+                evidence.append(ev(src, f"{repo}: more completed runs since {since.date().isoformat()} than the page "
+                                   "limit (or GitHub's 1,000-result cap): a recently finished one may be unread",
+                                   page, "incomplete"))
+                continue
+            for run in runs:
+                label = f"{repo}: run {run.get('id')} ({run.get('name')!r})"
+                seen = recent_finish(src, label, ts(run.get("created_at")), ts(run.get("updated_at")), created, now,
+                                     grace, skew, run.get("html_url") or page,
+                                     f"completed/{run.get('conclusion') or 'none'}")
+                if seen is None:
+                    continue
+                what, e = seen
+                evidence.append(e)
+                if what == "recent":
+                    recent.append(e)
+                else:
+                    uncertain = True
+        if recent:
+            return unknown(src, recent[0].detail, *evidence)
+        if uncertain:
+            return unknown(src, f"rule {rule.label}: could not list every recently completed run", *evidence)
         repos = ", ".join(m.github_repos)
-        detail = f"no {'/'.join(statuses)} run started before the lock in {repos} (rule {rule.label} maps these repos)"
+        detail = (f"no {'/'.join(statuses)} run started before the lock in {repos}, and none that could hold it "
+                  f"completed within the {format_duration(grace)} grace (rule {rule.label} maps these repos)")
         urls = [f"{gh.web}/{r}/actions" for r in m.github_repos]
-        return dead(src, detail, *evidence, *(ev(src, f"{r}: no active run older than the lock", u, "none")
+        return dead(src, detail, *evidence, *(ev(src, f"{r}: no active run older than the lock, no completion "
+                                                 f"within the last {format_duration(grace)}", u, "none")
                                              for r, u in zip(m.github_repos, urls)))

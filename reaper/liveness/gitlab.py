@@ -8,9 +8,14 @@
   ``runner-<token>-project-<id>-concurrent-<n>`` (Kubernetes adds a suffix)
   names the project, and a rule may map its paths to projects. Any live job
   (``scope[]=running&scope[]=pending``, plus ``canceling`` by default) that
-  started before the lock was created means alive; none means dead.
+  started before the lock was created means alive. None means dead only when no
+  finished job (``scope[]=success&scope[]=failed&scope[]=canceled``, newest first,
+  read back to ``max_run_duration`` + grace) that started before the lock
+  finished within the grace period; one that did, a list cut short or failing
+  means unknown.
 
-One live-jobs list per project per run; pagination by ``X-Next-Page``.
+One live-jobs list and one finished-jobs list per project per run; pagination by
+``X-Next-Page``.
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
+from ..durations import format_duration
 from ..models import LivenessFact, LockRecord
 from .claims import Claim
-from .facts import Memo, alive, dead, ev, from_error, judge_finished, ts, unknown
+from .facts import Memo, alive, dead, ev, finished_horizon, from_error, judge_finished, recent_finish, ts, unknown
 from .http import ApiError, JsonApi
 from .identity import OWN_EVIDENCE_STORES, parse_who
 
 DEFAULT_RUNNER_HOSTS = ["runner-*-project-*-concurrent-*"]
 FINISHED = {"success", "failed", "canceled", "skipped"}
+FINISHED_SCOPES = ("success", "failed", "canceled")  # jobs that ran and ended (skipped jobs never ran)
 NOT_FINISHED = {"running", "pending", "preparing", "canceling", "created", "waiting_for_resource",
                 "waiting_for_callback", "scheduled"}
 
@@ -57,6 +64,24 @@ class GitLabApi:
         params = [("scope[]", s) for s in self.live_scopes] + [("per_page", 100)]
         return self.memo.get("gitlab.live_jobs", str(project), lambda: self.api.get_all(
             f"projects/{_project_ref(project)}/jobs", kind="gitlab.live_jobs", params=params))
+
+    def finished_jobs(self, project: int | str, horizon: datetime) -> tuple[list[dict[str, Any]], bool]:
+        """The project's finished jobs (success, failed, canceled), newest first (GitLab lists jobs
+        by id, descending), down to the first page that reaches a job created before ``horizon``:
+        job ids grow with creation, so every later page is older still. The URL carries no time,
+        so its ETag holds from run to run. Cut short by ``max_pages`` before the horizon: incomplete.
+
+        Memoised per project for the run: ``horizon`` only moves forward within a run, and a list
+        read down to an earlier horizon covers a later one."""
+        params = [("scope[]", s) for s in FINISHED_SCOPES] + [("order_by", "id"), ("sort", "desc"), ("per_page", 100)]
+
+        def reached(page: list[dict[str, Any]]) -> bool:
+            made = [ts(j.get("created_at")) for j in page]
+            # a job without a readable created_at tells nothing about the horizon: read on
+            return any(c is not None and c < horizon for c in made)
+
+        return self.memo.get("gitlab.finished_jobs", str(project), lambda: self.api.get_all(
+            f"projects/{_project_ref(project)}/jobs", kind="gitlab.finished_jobs", params=params, enough=reached))
 
 
 class GitLabClaimVerifier:
@@ -153,5 +178,43 @@ class GitLabJobsChecker:
                                    page, "none"))
         if uncertain:
             return unknown(src, "could not list every live job", *evidence)
+        # No live job: the holder may have finished a moment ago, its runner still stopping Terraform.
+        # Dead only once every job that could be the holder (started before the lock) finished at least
+        # `grace` ago.
+        grace = self.policy.liveness.grace
+        horizon = finished_horizon(now, grace, self.policy.liveness.max_run_duration)
+        recent: list[Any] = []
+        for gl, project, why in targets:
+            page = f"{gl.web}/{project}/-/jobs" if isinstance(project, str) else gl.api.url(f"projects/{project}/jobs")
+            try:
+                jobs, complete = gl.finished_jobs(project, horizon)
+            except ApiError as exc:
+                uncertain = True
+                evidence.append(ev(src, f"project {project} ({why}) finished jobs: {exc.reason}", exc.url,
+                                   str(exc.status or "error")))
+                continue
+            if not complete:
+                uncertain = True
+                evidence.append(ev(src, f"project {project}: more finished jobs since {horizon.isoformat()} than the page "
+                                   "limit: a recently finished one may be unread", page, "incomplete"))
+                continue
+            for job in jobs:
+                label = f"project {project} ({why}): job {job.get('id')} ({job.get('name')!r})"
+                began = ts(job.get("started_at")) or ts(job.get("created_at"))
+                seen = recent_finish(src, label, began, ts(job.get("finished_at")), created, now, grace, skew,
+                                     job.get("web_url") or page, str(job.get("status")))
+                if seen is None:
+                    continue
+                what, e = seen
+                evidence.append(e)
+                if what == "recent":
+                    recent.append(e)
+                else:
+                    uncertain = True
+        if recent:
+            return unknown(src, recent[0].detail, *evidence)
+        if uncertain:
+            return unknown(src, "could not list every recently finished job", *evidence)
         projects = ", ".join(str(t[1]) for t in targets)
-        return dead(src, f"no live job started before the lock in project {projects}", *evidence)
+        return dead(src, f"no live job started before the lock in project {projects}, and none that could hold it "
+                    f"finished within the {format_duration(grace)} grace", *evidence)

@@ -405,12 +405,16 @@ class JsonApi:
         return self.expect(resp.body, dict, what="the response", url=resp.url, kind=kind)
 
     def get_all(self, path: str, *, kind: str, params: Any = None, items_key: str | None = None,
-                item_shape: type | None = dict) -> tuple[list[Any], bool]:
+                item_shape: type | None = dict, enough: Callable[[list[Any]], bool] | None = None) -> tuple[list[Any], bool]:
         """Follow pagination up to ``max_pages``; returns (items, complete).
 
         Each page is a JSON array, or with ``items_key`` an object holding the array
         at that key (GitHub's ``{"total_count": n, "jobs": [...]}``); each item must
         be an ``item_shape`` (objects by default). Anything else is ``UnexpectedShape``.
+
+        ``enough(page)`` lets an ordered list end early: when it is true for a page just
+        read, no further page is asked for and the list counts as complete (the caller
+        knows that every later item is beyond what it needs, e.g. older than a horizon).
         """
         items: list[Any] = []
         url: str | None = self.url(path, params)
@@ -435,6 +439,8 @@ class JsonApi:
                 for i, item in enumerate(page):
                     self.expect(item, item_shape, what=f"item {i} of the list", url=resp.url, kind=kind)
             items.extend(page)
+            if enough is not None and enough(page):
+                return items, True
             url = next_link(resp.headers, resp.url)
         # No next page, yet fewer items than the API counted (a Link header lost on the way,
         # GitHub's 1,000-result cap on filtered lists): the list is not complete and proves no absence.

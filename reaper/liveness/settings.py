@@ -15,6 +15,7 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 from ..policy_types import Globs, Strict as _Strict, duration_type
 
 Duration = duration_type("30s, 5m or 1h", "sm")
+LongDuration = duration_type("12h, 7d or 2w", "hd")
 
 _REPO = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
 Repo = Annotated[str, Field(pattern=_REPO, description="owner/name")]
@@ -149,6 +150,12 @@ class HttpConfig(_Strict):
 
 class LivenessConfig(_Strict):
     grace: Duration = Field(default=timedelta(minutes=5), description="after the CI system's completed_at")
+    max_run_duration: LongDuration = Field(
+        default=timedelta(days=7),
+        description="the longest a CI run (GitHub) or job (GitLab) lasts from its creation to its end, waits for "
+                    "approval included: repo/project mappings read every run or job created this far back to find "
+                    "one that finished within the grace period",
+    )
     claims: ClaimsConfig | None = None
     providers: list[Provider] = Field(default_factory=list)
     state_activity: StateActivityConfig = StateActivityConfig()
