@@ -32,6 +32,7 @@ METRICS = {
     "errors": "Errors",
     "cap_hit": "DeleteCapHit",
     "digests_skipped": "DigestsSkipped",
+    "double_lock_partial": "DoubleLockPartial",
 }
 METRIC_DURATION = "RunDurationSeconds"
 
@@ -167,6 +168,7 @@ class RunReport(BaseModel):
             METRICS["errors"]: self.errors,
             METRICS["cap_hit"]: 1 if s.cap_hit else 0,
             METRICS["digests_skipped"]: s.digests_skipped,
+            METRICS["double_lock_partial"]: s.double_lock_partial,
         }
 
     # ----- rendering -----------------------------------------------------

@@ -131,6 +131,7 @@ def test_second_delete_raced_alerts_loudly_and_the_state_stays_locked(world: dic
     assert len(audit.records) == 2, "both copies were recorded before any delete"
     # loud: summary, exit code, SNS even without a reaped lock
     assert report.summary.double_lock_partial == 1 and report.exit_code == 1
+    assert report.metric_values()["DoubleLockPartial"] == 1, "the stack's DoubleLockPartial alarm reads this metric"
     assert needs_sns(report)
     subject, body = sns_message(report)
     assert "STATE STILL LOCKED" in subject and "STILL LOCKED" in body

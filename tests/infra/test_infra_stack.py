@@ -221,6 +221,8 @@ def test_alarms_cover_the_failure_modes_and_notify_the_topic(synth):
         (ns, METRICS["cap_hit"]),
         (ns, METRICS["unparseable"]),
         (ns, METRICS["alive_past_hard_max"]),
+        (ns, METRICS["errors"]),
+        (ns, METRICS["double_lock_partial"]),
     ]
     for key in required:
         assert key in by_metric, f"no alarm on {key}"
