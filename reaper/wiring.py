@@ -75,7 +75,7 @@ def store_checkers(policy: Policy, stores: list[LockStore]) -> list[Any]:
     """Liveness checkers that come with a store (HCP Terraform run status), for the composite."""
     from .stores.hcp import HCPRunChecker, HCPWorkspaceStore
 
-    return [HCPRunChecker(s, s.grace, policy.clock_skew) for s in stores if isinstance(s, HCPWorkspaceStore)]
+    return [HCPRunChecker(s, s.grace) for s in stores if isinstance(s, HCPWorkspaceStore)]
 
 
 def build_audit(policy: Policy, client_factory: Callable[..., Any] = _client) -> AuditSink | None:

@@ -39,7 +39,7 @@ def build_liveness(
     http = cfg.http
     pool = pool or new_pool(ca_bundle=http.ca_bundle)
     secrets = secrets or SecretsSource(max_age=int(cfg.secret_max_age.total_seconds()), client_factory=client_factory)
-    grace, skew = cfg.grace, policy.clock_skew
+    grace = cfg.grace
 
     def api(provider: Any, extra_headers: dict[str, str] | None, auth: Any) -> JsonApi:
         timeout = (provider.timeout or http.timeout).total_seconds()
@@ -64,14 +64,14 @@ def build_liveness(
             else:
                 auth = StaticToken(github_header, secret=p.token_secret, secrets=secrets, env_var=p.token_env, env=env)
             gh = GitHubApi(api(p, GITHUB_HEADERS, auth), p.label)
-            verifiers[p.label] = GitHubClaimVerifier(gh, grace, skew)
+            verifiers[p.label] = GitHubClaimVerifier(gh, grace)
             github_repo_apis[p.label] = (gh, list(p.active_run_statuses))
             if p.runners:
                 runner_checkers.append(GitHubRunnersChecker(gh, list(p.runners)))
         elif isinstance(p, GitLabProvider):
             auth = StaticToken(gitlab_header, secret=p.token_secret, secrets=secrets, env_var=p.token_env, env=env)
             gl = GitLabApi(api(p, None, auth), p.label, list(p.live_job_scopes))
-            verifiers[p.label] = GitLabClaimVerifier(gl, grace, skew)
+            verifiers[p.label] = GitLabClaimVerifier(gl, grace)
             gitlab_apis[p.label] = (gl, list(p.runner_hosts) if p.runner_hosts is not None else None)
 
     checkers: list[Any] = []

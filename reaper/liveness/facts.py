@@ -57,7 +57,6 @@ def judge_finished(
     created: datetime,
     now: datetime,
     grace: timedelta,
-    skew: timedelta,
     url: str | None,
     status: str,
 ) -> LivenessFact:
@@ -68,7 +67,7 @@ def judge_finished(
     reused hostname (a self-hosted runner, GitLab's ``runner-…-project-N-concurrent-M``)
     runs its next job seconds after the last one ended; when that job took the lock
     without a claim of its own, the previous job's claim is the latest one before
-    ``Created`` and must prove nothing. (``skew`` is kept in the signature for callers.)
+    ``Created`` and must prove nothing.
     """
     if finished_at is None:
         return unknown(source, f"{what} is {status} but reports no finish time", ev(source, f"{what}: {status}, no finish time", url, status))

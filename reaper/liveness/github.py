@@ -105,10 +105,9 @@ class GitHubClaimVerifier:
     source = "github-claim"
     provider_type = "github"
 
-    def __init__(self, gh: GitHubApi, grace: timedelta, skew: timedelta):
+    def __init__(self, gh: GitHubApi, grace: timedelta):
         self.gh = gh
         self.grace = grace
-        self.skew = skew
 
     def verify(self, claim: Claim, lock: LockRecord, now: datetime) -> LivenessFact:
         src = self.source
@@ -152,7 +151,7 @@ class GitHubClaimVerifier:
         last_i = max(range(len(jobs)), key=lambda i: finished[i])  # type: ignore[arg-type,return-value]
         last = jobs[last_i]
         status = f"completed/{last.get('conclusion') or 'none'}"
-        return judge_finished(src, f"{scope}: {_job_label(last)}", finished[last_i], created, now, self.grace, self.skew,
+        return judge_finished(src, f"{scope}: {_job_label(last)}", finished[last_i], created, now, self.grace,
                               last.get("html_url") or claim.url, status)
 
 

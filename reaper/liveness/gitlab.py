@@ -88,10 +88,9 @@ class GitLabClaimVerifier:
     source = "gitlab-claim"
     provider_type = "gitlab"
 
-    def __init__(self, gl: GitLabApi, grace: timedelta, skew: timedelta):
+    def __init__(self, gl: GitLabApi, grace: timedelta):
         self.gl = gl
         self.grace = grace
-        self.skew = skew
 
     def verify(self, claim: Claim, lock: LockRecord, now: datetime) -> LivenessFact:
         src = self.source
@@ -110,7 +109,7 @@ class GitLabClaimVerifier:
             return alive(src, detail, ev(src, detail, url, status, ts(job.get("started_at"))))
         if status in FINISHED:
             created = lock.info.Created  # type: ignore[union-attr]
-            return judge_finished(src, what, ts(job.get("finished_at")), created, now, self.grace, self.skew, url, status)
+            return judge_finished(src, what, ts(job.get("finished_at")), created, now, self.grace, url, status)
         return unknown(src, f"{what} has status {status!r}", ev(src, f"unrecognised status {status!r}", url, status))
 
 

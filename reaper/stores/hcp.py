@@ -243,10 +243,9 @@ class HCPRunChecker:
 
     name = "hcp-runs"
 
-    def __init__(self, store: HCPWorkspaceStore, grace: timedelta, skew: timedelta = timedelta(minutes=5)):
+    def __init__(self, store: HCPWorkspaceStore, grace: timedelta):
         self.store = store
         self.grace = grace
-        self.skew = skew
 
     def applies(self, lock: LockRecord) -> bool:
         return lock.store == self.store.name
@@ -277,7 +276,7 @@ class HCPRunChecker:
         if not status:
             return unknown(src, f"run {id_} has no status", ev(src, f"run {id_}: no status", page))
         if status in FINAL_STATUSES:
-            return judge_finished(src, f"run {id_}", run_finished(attrs), lock.info.Created, now, self.grace, self.skew,
+            return judge_finished(src, f"run {id_}", run_finished(attrs), lock.info.Created, now, self.grace,
                                   page, status)
         detail = f"run {id_} is {status} (not final): it still owns the workspace"
         return alive(src, detail, ev(src, detail, page, status))
