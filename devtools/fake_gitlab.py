@@ -5,11 +5,15 @@ Terraform::RemoteStateHandler):
 - ``POST /api/graphql`` answers ``project(fullPath:) { id terraformStates(first:, after:)
   { count nodes { id name lockedAt updatedAt lockedByUser { username }
   latestVersion { serial createdAt } } pageInfo { hasNextPage endCursor } } }``;
-  an unknown project is ``{"data": {"project": null}}``;
+  an unknown project is ``{"data": {"project": null}}``; its times are GraphQL
+  ``Time`` scalars (app/graphql/types/time_type.rb: ``value.iso8601``), whole
+  seconds with ``Z`` in a UTC GitLab: ``2026-11-22T12:00:00Z``;
 - ``POST /api/v4/projects/:id/terraform/state/:name/lock`` (Maintainer) takes the
   lock if it is free (200) or answers 409; either way the body is the lock info
   with the state's current ``ID``, ``Who`` (username) and ``Created`` (locked_at);
-  like GitLab, it creates a missing state;
+  ``Created`` is ``locked_at`` through ``to_json``, i.e. ActiveSupport's JSON time
+  (``xmlschema`` with ``time_precision`` 3): milliseconds and ``Z``,
+  ``2026-11-22T12:00:00.123Z``; like GitLab, it creates a missing state;
 - ``DELETE .../lock?ID=<id>`` (Maintainer) unlocks when the ID matches; 409 when it
   differs or the state is not locked; without ``ID`` it force-unlocks;
 - ``:id`` is a numeric project ID or the URL-encoded full path;
@@ -29,6 +33,11 @@ from urllib.parse import unquote
 from .fakehttp import FakeServer, Reply, Request, iso
 
 MAINTAINER, DEVELOPER = 40, 30
+
+
+def graphql_time(dt: datetime) -> str:
+    """GitLab's GraphQL ``Time``: ISO 8601, whole seconds, ``Z`` for UTC."""
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FakeGitLab(FakeServer):
@@ -116,10 +125,10 @@ class FakeGitLab(FakeServer):
             s = project["states"][name]
             nodes.append({
                 "id": s["gid"], "name": name,
-                "lockedAt": iso(s["locked_at"]) if s["locked_at"] else None,
-                "updatedAt": iso(s["updated_at"]),
+                "lockedAt": graphql_time(s["locked_at"]) if s["locked_at"] else None,
+                "updatedAt": graphql_time(s["updated_at"]),
                 "lockedByUser": {"username": s["locked_by"]} if s["locked_by"] else None,
-                "latestVersion": {"serial": s["serial"], "createdAt": iso(s["updated_at"])},
+                "latestVersion": {"serial": s["serial"], "createdAt": graphql_time(s["updated_at"])},
             })
         last = start + len(page) - 1
         return Reply(body={"data": {"project": {
@@ -145,7 +154,8 @@ class FakeGitLab(FakeServer):
             s.update(lock_xid=params["ID"], locked_by=username, locked_at=self.clock())
             status = 200
         info = {"Operation": params["Operation"], "Info": params["Info"], "Version": params["Version"],
-                "Path": params["Path"], "ID": s["lock_xid"], "Who": s["locked_by"], "Created": iso(s["locked_at"])}
+                "Path": params["Path"], "ID": s["lock_xid"], "Who": s["locked_by"],
+                "Created": iso(s["locked_at"])}  # Rails JSON time: milliseconds, Z
         return Reply(status=status, body=info)
 
     def _release_lock(self, project: dict[str, Any], name: str, req: Request) -> Reply:

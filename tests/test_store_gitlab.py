@@ -275,3 +275,63 @@ def test_relocked_between_listing_and_probe_uses_the_new_locks_time(gl: FakeGitL
     assert e.lock_id == "b0b-fresh-lock" and e.who == "bob"
     assert e.outcome is Outcome.KEPT and e.age_seconds == 120.0
     assert gl.state(PROJECT, "prod")["lock_xid"] == "b0b-fresh-lock"
+
+
+# ------------------------------------------ lock times: GraphQL seconds vs 409 milliseconds
+def test_fake_renders_gitlabs_own_time_formats(gl: FakeGitLab) -> None:
+    """GraphQL Time is ``iso8601`` (whole seconds); the 409 body is Rails JSON (milliseconds)."""
+    gl.add_state(PROJECT, "prod")
+    gl.lock(PROJECT, "prod", "lock-1", "alice", NOW - 9 * H + timedelta(milliseconds=250))
+    query = {"query": "{ project { terraformStates { nodes { lockedAt } } } }", "variables": {"fullPath": PROJECT}}
+    node = _post(gl, "/api/graphql", query)[1]["data"]["project"]["terraformStates"]["nodes"][0]
+    assert node["lockedAt"] == "2026-11-22T03:00:00Z"
+    lock = {k: "x" for k in ("ID", "Operation", "Info", "Who", "Version", "Created", "Path")}
+    status, body = _post(gl, f"/api/v4/projects/{gl.projects[PROJECT]['id']}/terraform/state/prod/lock", lock)
+    assert status == 409 and body["ID"] == "lock-1" and body["Created"] == "2026-11-22T03:00:00.250Z"
+
+
+def _post(fake: FakeGitLab, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    import urllib3
+
+    resp = urllib3.request("POST", fake.url + path, json=body, headers={"PRIVATE-TOKEN": TOKEN}, retries=False)
+    return resp.status, json.loads(resp.data)
+
+
+def test_unchanged_lock_with_milliseconds_is_not_taken_for_a_relock(gl: FakeGitLab) -> None:
+    gl.add_state(PROJECT, "prod")
+    gl.lock(PROJECT, "prod", "lock-1", "alice", NOW - 9 * H + timedelta(milliseconds=250))
+    store, _, _ = build(gl, make_policy(gl))
+    rec = next(iter(store.scan()))
+    assert rec.info is not None and rec.info.Created == NOW - 9 * H + timedelta(milliseconds=250)
+    assert "relocked_since_listing" not in rec.raw, rec.raw
+
+
+def test_lock_taken_again_in_another_second_is_recorded_as_a_relock(gl: FakeGitLab) -> None:
+    gl.add_state(PROJECT, "prod")
+    gl.lock(PROJECT, "prod", "lock-1", "alice", NOW - 9 * H)
+    orig = gl.route
+
+    def route(req: Any) -> Any:
+        if req.method == "POST" and req.path.endswith("/state/prod/lock"):
+            gl.lock(PROJECT, "prod", "lock-2", "alice", NOW - 9 * H + timedelta(seconds=1, milliseconds=5))
+        return orig(req)
+
+    gl.route = route  # type: ignore[method-assign]
+    store, _, _ = build(gl, make_policy(gl))
+    rec = next(iter(store.scan()))
+    assert rec.token == "lock-2"
+    assert rec.raw["relocked_since_listing"] == {"locked_at": "2026-11-22T03:00:01.005Z", "locked_by": "alice"}
+
+
+@pytest.mark.parametrize("a,b,same", [
+    ("2026-11-22T12:00:00Z", "2026-11-22T12:00:00.999Z", True),
+    ("2026-11-22T12:00:00Z", "2026-11-22T12:00:01.000Z", False),
+    ("2026-11-22T12:00:00.123Z", "2026-11-22T12:00:00.124Z", False),
+    ("2026-11-22T12:00:00.123Z", "2026-11-22T12:00:00.123456789Z", True),
+    ("2026-11-22T13:00:00+01:00", "2026-11-22T12:00:00.500Z", True),
+    ("not a time", "2026-11-22T12:00:00Z", False),
+])
+def test_same_instant_compares_at_the_coarser_precision(a: str, b: str, same: bool) -> None:
+    from reaper.stores.gitlab_state import same_instant
+
+    assert same_instant(a, b) is same and same_instant(b, a) is same

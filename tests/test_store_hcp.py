@@ -345,3 +345,56 @@ def test_user_lock_taken_again_by_the_same_user_is_raced(hcp: FakeHCP) -> None:
     e = reaper.run().locks[0]
     assert e.outcome is Outcome.RACED and "changed since it was read" in e.reasons[-1]
     assert hcp.calls("POST") == [] and hcp.workspaces[ws]["locked"]
+
+
+# ------------------------------------- a run that ended in the second it took the lock
+def test_run_errored_in_the_same_second_as_its_lock_is_the_holder(hcp: FakeHCP) -> None:
+    """planning-at and errored-at are both whole seconds: equal stamps, and locked-by names the run."""
+    ws, run = run_lock(hcp, "app-prod", "errored", 5 * H, 5 * H)
+    store, reaper, _ = build(hcp, make_policy(hcp))
+    rec = next(iter(store.scan()))
+    assert rec.info is not None and rec.info.Created == NOW - 5 * H
+    fact = HCPRunChecker(store, timedelta(minutes=10)).check(rec, NOW)
+    assert fact is not None and fact.state is Liveness.DEAD, fact
+    e = reaper.run().locks[0]
+    assert e.outcome is Outcome.REAPED and e.liveness == "dead", e.reasons
+    assert hcp.unlocked == [ws]
+
+
+def test_run_errored_in_the_second_of_its_millisecond_created_at_is_the_holder(hcp: FakeHCP) -> None:
+    """No status timestamp before the error: Created is the run's created-at (milliseconds),
+    errored-at has whole seconds and reads as earlier than Created within the same second."""
+    ws = hcp.add_workspace("acme", "app-prod")
+    at = NOW - 5 * H
+    run = hcp.add_run(ws, "errored", {"errored-at": at}, created_at=at + timedelta(milliseconds=400))
+    hcp.lock(ws, "runs", run)
+    store, _, _ = build(hcp, make_policy(hcp))
+    rec = next(iter(store.scan()))
+    assert rec.info is not None and rec.info.Created == at + timedelta(milliseconds=400)
+    assert rec.raw["age_source"] == "run created-at"
+    fact = HCPRunChecker(store, timedelta(minutes=10)).check(rec, NOW)
+    assert fact is not None and fact.state is Liveness.DEAD, fact
+
+
+def test_run_errored_in_the_same_second_within_grace_is_alive(hcp: FakeHCP) -> None:
+    run_lock(hcp, "app-prod", "errored", timedelta(minutes=3), timedelta(minutes=3))
+    store, _, _ = build(hcp, make_policy(hcp))
+    fact = HCPRunChecker(store, timedelta(minutes=10)).check(next(iter(store.scan())), NOW)
+    assert fact is not None and fact.state is Liveness.ALIVE and "grace" in fact.reason, fact
+
+
+def test_run_finished_a_second_before_its_lock_is_not_judged_dead(hcp: FakeHCP) -> None:
+    """Inconsistent stamps (finished in an earlier second than the lock's start): unknown, never dead."""
+    ws, run = run_lock(hcp, "app-prod", "errored", 5 * H, 5 * H + timedelta(seconds=1))
+    store, _, _ = build(hcp, make_policy(hcp))
+    fact = HCPRunChecker(store, timedelta(minutes=10)).check(next(iter(store.scan())), NOW)
+    assert fact is not None and fact.state is Liveness.UNKNOWN, fact
+
+
+@pytest.mark.parametrize("stamp", ["yesterday", "", None])
+def test_final_run_with_an_unreadable_finish_time_is_unknown(hcp: FakeHCP, stamp: Any) -> None:
+    ws, run = run_lock(hcp, "app-prod", "errored", 5 * H, 4 * H)
+    hcp.runs[run]["status_timestamps"]["errored-at"] = stamp
+    store, _, _ = build(hcp, make_policy(hcp))
+    fact = HCPRunChecker(store, timedelta(minutes=10)).check(next(iter(store.scan())), NOW)
+    assert fact is not None and fact.state is Liveness.UNKNOWN, fact

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -36,7 +37,7 @@ from urllib.parse import quote
 import urllib3
 
 from ..liveness.http import ApiError, JsonApi, RateLimited
-from ..models import DeleteResult, DeleteStatus, LockInfo, LockRecord
+from ..models import DeleteResult, DeleteStatus, LockInfo, LockRecord, parse_created
 from .api_store import ApiLockStore
 
 log = logging.getLogger("reaper.stores.gitlab")
@@ -78,6 +79,29 @@ query LockReaperState($fullPath: ID!, $after: String) {
   }
 }
 """.strip()
+
+
+_FRACTION = re.compile(r"\d{2}:\d{2}:\d{2}\.(\d+)")
+
+
+def _fraction_digits(value: str) -> int:
+    m = _FRACTION.search(value)
+    return len(m.group(1)) if m else 0
+
+
+def same_instant(a: str, b: str) -> bool:
+    """Whether two timestamps denote the same instant, to the precision both carry.
+
+    GraphQL ``lockedAt`` has whole seconds (``2026-11-22T12:00:00Z``), the lock
+    endpoint's 409 answer milliseconds (``2026-11-22T12:00:00.123Z``): the finer one
+    is truncated to the coarser one's digits. Unparseable: equal only as strings.
+    """
+    try:
+        ta, tb = parse_created(a), parse_created(b)
+    except ValueError:
+        return a == b
+    step = 10 ** (6 - min(_fraction_digits(a), _fraction_digits(b), 6))
+    return ta.replace(microsecond=ta.microsecond // step * step) == tb.replace(microsecond=tb.microsecond // step * step)
 
 
 def _numeric_id(gid: Any) -> str | None:
@@ -203,9 +227,10 @@ class GitLabStateStore(ApiLockStore):
         raw["lock_id_source"] = "POST .../lock answered 409 with the current lock"
         # ID, Who and Created all come from the same answer: if the state was unlocked and
         # locked again since the listing, the listing's lockedAt belongs to the old lock.
+        # lockedAt has whole seconds, the 409's Created milliseconds: compared as instants.
         who = str(body.get("Who") or "") or user or "unknown"
         created = str(body.get("Created") or "") or locked_at
-        if created != locked_at or who != (user or who):
+        if not same_instant(created, locked_at) or who != (user or who):
             raw["relocked_since_listing"] = {"locked_at": created, "locked_by": who}
         try:
             info = LockInfo.model_validate({"ID": lock_id[:256], "Operation": "", "Info": "", "Who": who[:1024],

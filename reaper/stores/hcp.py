@@ -19,7 +19,9 @@
 - Locks cannot be re-created: audit records say ``restorable: false``.
 
 ``HCPRunChecker`` is the liveness evidence for ``hcp:`` locks: a run in a final
-status is dead once the grace period is over; any other status is alive; a user
+status is dead once the grace period is over (``locked-by`` names the run, so it is
+the holder even when it ended in the whole second its lock was taken: see
+``judge_holder_run``); any other status is alive; a user
 or team lock has no run, so its holder is unknown and ``hard_max_age`` governs.
 Every API failure (429, 5xx, timeout) means unknown or "keep and report".
 """
@@ -32,7 +34,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from ..liveness.facts import alive, ev, from_error, judge_finished, ts, unknown
+from ..durations import format_duration
+from ..liveness.facts import alive, dead, ev, from_error, ts, unknown
 from ..liveness.http import ApiError, JsonApi
 from ..models import DeleteResult, DeleteStatus, LivenessFact, LockInfo, LockRecord
 from .api_store import ApiLockStore
@@ -64,6 +67,32 @@ def run_finished(attrs: dict[str, Any]) -> datetime | None:
     """When a run reached its (final) status: ``status-timestamps.<status>-at``."""
     status = str(attrs.get("status") or "")
     return ts((attrs.get("status-timestamps") or {}).get(status.replace("_", "-") + "-at"))
+
+
+def judge_holder_run(src: str, what: str, finished_at: datetime | None, created: datetime, now: datetime,
+                     grace: timedelta, url: str, status: str) -> LivenessFact:
+    """A final run that the workspace's ``locked-by`` names: it is the holder, dead once ``grace`` is over.
+
+    Unlike a claim or a CI job found by hostname, the run cannot be another job that ended
+    before this lock was taken: the lock relationship names it. HCP status timestamps have
+    whole seconds, so a run that errored in the second it started planning shows
+    ``finished == Created``, and one whose ``Created`` is its millisecond ``created-at`` may
+    even read as finished "before" it; only a finish in an earlier second than ``Created``
+    is inconsistent (unknown).
+    """
+    if finished_at is None:
+        detail = f"{what} is {status} but reports no finish time"
+        return unknown(src, detail, ev(src, f"{what}: {status}, no finish time", url, status))
+    if finished_at < created.replace(microsecond=0):
+        detail = (f"{what} finished at {finished_at.isoformat()}, a second or more before its lock was created "
+                  f"({created.isoformat()}): inconsistent timestamps")
+        return unknown(src, detail, ev(src, detail, url, status, finished_at))
+    ago = max(now - finished_at, timedelta(0))
+    if ago < grace:
+        detail = f"{what} finished {format_duration(ago)} ago ({status}), within the {format_duration(grace)} grace period"
+        return alive(src, detail, ev(src, detail, url, status, finished_at))
+    detail = f"{what} finished {format_duration(ago)} ago ({status})"
+    return dead(src, detail, ev(src, detail, url, status, finished_at))
 
 
 def _holder_name(type_: str, id_: str, holder: dict[str, Any] | None) -> str:
@@ -276,7 +305,7 @@ class HCPRunChecker:
         if not status:
             return unknown(src, f"run {id_} has no status", ev(src, f"run {id_}: no status", page))
         if status in FINAL_STATUSES:
-            return judge_finished(src, f"run {id_}", run_finished(attrs), lock.info.Created, now, self.grace,
-                                  page, status)
+            return judge_holder_run(src, f"run {id_}", run_finished(attrs), lock.info.Created, now, self.grace,
+                                    page, status)
         detail = f"run {id_} is {status} (not final): it still owns the workspace"
         return alive(src, detail, ev(src, detail, page, status))
