@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import ConfigError, Policy, load_policy
+from .config import ConfigError, Policy, check_policy_file
 
 EXIT_OK, EXIT_ERRORS, EXIT_CONFIG = 0, 1, 2
 
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("audit_ref", metavar="AUDIT_REF", help="s3://bucket/key or a local audit file path")
     sp = sub.add_parser("validate", help="check the policy file and print it normalised")
     common(sp)
+    sp.add_argument("--strict", action="store_true", help="warnings are errors too (exit 2)")
     sp = sub.add_parser("explain", help="the full chain for one lock: rule, age, liveness evidence, decision")
     common(sp)
     sp.add_argument("lock_path", metavar="LOCK_PATH", help="the lock's path (<bucket>/<state key>) or store key")
@@ -61,16 +62,21 @@ def main(argv: Sequence[str] | None = None, *, build: Callable[..., Any] | None 
         from .liveness import claim_cli
 
         return claim_cli.run(args, out, err)
-    try:
-        policy = load_policy(args.config, env=os.environ)
+    try:  # validate only warns of a policy without stores; for a run it is an error
+        policy, warnings = check_policy_file(args.config, env=os.environ, run=args.command != "validate")
     except ConfigError as exc:
+        if args.command == "validate" and args.json:
+            doc = {"valid": False, "source": exc.source, "errors": [p.as_dict() for p in exc.problems],
+                   "warnings": [w.as_dict() for w in exc.warnings]}
+            print(json.dumps(doc, indent=2), file=out)
+            return EXIT_CONFIG
         print(f"error: invalid policy {exc.source}:", file=err)
         for problem in exc.problems:
             print(f"  {problem}", file=err)
         return EXIT_CONFIG
 
     if args.command == "validate":
-        return _validate(policy, args, out)
+        return _validate(policy, warnings, args, out, err)
     if args.command == "restore":
         return _restore(policy, args, out, err, build)
     if args.command == "explain":
@@ -108,12 +114,18 @@ def _cycle(policy: Policy, args: argparse.Namespace, out, err, build) -> int:
     return EXIT_ERRORS if report.exit_code else EXIT_OK
 
 
-def _validate(policy: Policy, args: argparse.Namespace, out) -> int:
-    doc = policy.model_dump(mode="json")
+def _validate(policy: Policy, warnings: list[Any], args: argparse.Namespace, out, err) -> int:
+    failed = bool(args.strict and warnings)
     if args.json:
+        doc = {"valid": not failed, "warnings": [w.as_dict() for w in warnings], **policy.model_dump(mode="json")}
         print(json.dumps(doc, indent=2), file=out)
-    else:
-        print(f"{args.config}: OK — mode {policy.mode}, {len(policy.stores)} store(s), {len(policy.rules)} rule(s)", file=out)
+        return EXIT_CONFIG if failed else EXIT_OK
+    for w in warnings:
+        print(f"warning: {w}", file=err)
+    if failed:
+        print(f"error: invalid policy {args.config}: {len(warnings)} warning(s), errors with --strict", file=err)
+        return EXIT_CONFIG
+    print(f"{args.config}: OK — mode {policy.mode}, {len(policy.stores)} store(s), {len(policy.rules)} rule(s)", file=out)
     return EXIT_OK
 
 

@@ -1,7 +1,8 @@
 """Field types the policy models share (``reaper.config`` and ``reaper.liveness.settings``).
 
-Pure pydantic (no I/O): durations written as text (``90m``, ``6h``, ``2d``) and
-lists of globs that may be written as one string, plus the strict base model.
+Pure pydantic (no I/O): durations written as text (``90m``, ``6h``, ``2d``),
+lists of globs that may be written as one string, Terraform operation names, plus
+the strict base model.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
 from .durations import format_duration, parse_duration
 
@@ -51,7 +52,43 @@ def as_list(v: Any) -> Any:
     return [v] if isinstance(v, str) else v
 
 
-Globs = Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(as_list)]
+def _globs(v: Any) -> Any:
+    if isinstance(v, str):
+        return [v]
+    if not isinstance(v, list):
+        raise ValueError(f"should be a glob string or a list of globs, got {v!r}")
+    return v
+
+
+Globs = Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_globs)]
+
+# What Terraform/OpenTofu write in a lock's Info.Operation: plan, apply and refresh
+# write their backend OperationType name (import and console: OperationTypeInvalid);
+# the state, taint and workspace commands write the command's own reason string;
+# GitLab-managed state keeps no operation (""). The short forms stand for the type names.
+OPERATION_TYPES = ("OperationTypeInvalid", "OperationTypeRefresh", "OperationTypePlan", "OperationTypeApply")
+COMMAND_OPERATIONS = ("state-mv", "state-rm", "state-push", "state-replace-provider", "taint", "untaint",
+                      "workspace-new", "workspace_new", "workspace_delete", "")
+_SHORT_OPERATIONS = {t.removeprefix("OperationType"): t for t in OPERATION_TYPES}
+
+
+def _operation(v: str) -> str:
+    if v in OPERATION_TYPES or v in COMMAND_OPERATIONS:
+        return v
+    if v in _SHORT_OPERATIONS:
+        return _SHORT_OPERATIONS[v]
+    accepted = [*OPERATION_TYPES, *_SHORT_OPERATIONS, *(repr(c) if not c else c for c in COMMAND_OPERATIONS)]
+    raise ValueError(f"unknown operation {v!r}: this rule would never match it (accepted: {', '.join(accepted)})")
+
+
+def _some_operations(v: list[str]) -> list[str]:
+    if not v:
+        raise ValueError("an empty list matches no lock: leave operations out to match every operation")
+    return v
+
+
+Operations = Annotated[list[Annotated[str, AfterValidator(_operation)]], BeforeValidator(as_list),
+                       AfterValidator(_some_operations)]
 
 
 def url_host(url: str) -> str:

@@ -211,9 +211,9 @@ class RuleLiveness(_Strict):
         return not self.who or any(fnmatch.fnmatchcase(who, g) for g in self.who)
 
 
-def check_rule_mappings(rules: list[Any], liveness: LivenessConfig) -> None:
-    """Each rule mapping must name a provider that exists (raises ValueError naming the rule)."""
-    problems = []
+def rule_mapping_problems(rules: list[Any], liveness: LivenessConfig) -> list[tuple[int, str]]:
+    """Each rule mapping must name a provider that exists: (rule index, message naming the rule) for each that does not."""
+    problems: list[tuple[int, str]] = []
     for i, rule in enumerate(rules):
         m = getattr(rule, "liveness", None)
         if m is None:
@@ -225,10 +225,9 @@ def check_rule_mappings(rules: list[Any], liveness: LivenessConfig) -> None:
             if liveness.provider(kind, name) is None:
                 have = [p.label for p in liveness.providers if p.type == kind]
                 if name is not None:
-                    problems.append(f"{label}.liveness.{kind}_provider {name!r} is not a {kind} provider (have: {', '.join(have) or 'none'})")
+                    problems.append((i, f"{label}.liveness.{kind}_provider {name!r} is not a {kind} provider (have: {', '.join(have) or 'none'})"))
                 elif not have:
-                    problems.append(f"{label}.liveness maps {kind} {'repos' if kind == 'github' else 'projects'} but liveness.providers has no {kind} provider")
+                    problems.append((i, f"{label}.liveness maps {kind} {'repos' if kind == 'github' else 'projects'} but liveness.providers has no {kind} provider"))
                 else:
-                    problems.append(f"{label}.liveness: several {kind} providers ({', '.join(have)}): set {kind}_provider")
-    if problems:
-        raise ValueError("; ".join(problems))
+                    problems.append((i, f"{label}.liveness: several {kind} providers ({', '.join(have)}): set {kind}_provider"))
+    return problems
