@@ -40,6 +40,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from reaper.report import GENERIC_REASON_TAILS
+
 from .fake_ci import FakeCI
 from .locks import create_claims_table, create_lock_table, digest_item, info_json, lock_id as new_lock_id
 from .motoserver import MotoServer
@@ -102,9 +104,11 @@ liveness:                    # asked only about locks past their rule's max_age
     - type: github
       api_url: {github_api}
       token_env: {github_token_env}
-    - type: gitlab           # also reads runner-<token>-project-<id>-concurrent-<n> hostnames
+    - type: gitlab
       api_url: {gitlab_api}
       token_env: {gitlab_token_env}
+      runner_hosts:          # opt in: these runner-<token>-project-<id>-concurrent-<n> hostnames are this instance's
+        - "runner-*-project-*-concurrent-*"
   state_activity:
     enabled: false           # S3 HeadObject on the state file: the demo writes no state files
   http:
@@ -160,7 +164,9 @@ class Seed:
 # A CI job starts, claims 20 s later, and Terraform takes the lock 40 s after the claim.
 JOB_START_BEFORE_LOCK = timedelta(minutes=1)
 CLAIM_BEFORE_LOCK = timedelta(seconds=40)
-JOB_END_AFTER_LOCK = timedelta(minutes=3)  # cancelled / killed a few minutes into the apply
+# Cancelled / killed ten minutes into the apply: well past the policy's 5m clock_skew, since a job
+# that ended within clock_skew of the lock's Created may have ended before the lock (unknown).
+JOB_END_AFTER_LOCK = timedelta(minutes=10)
 
 
 def _path(key: str) -> str:
@@ -281,6 +287,13 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
+
+
+def lock_listing(seeds: list[Seed], claimed: set[str]) -> str:
+    """The seeded locks as a table: each one's path (its LockID), operation, holder, age, claim."""
+    rows = [[s.lock_id, s.operation.replace("OperationType", "") or "?", s.who or "?", _age(s.age),
+             "yes" if s.lock_id in claimed else "-", s.note] for s in seeds]
+    return _table(rows, ["LOCK PATH (bucket/state key)", "OP", "WHO", "AGE", "CLAIM", "WHAT IT IS"])
 
 
 def _all_items(ddb: Any, table: str = TABLE) -> dict[str, dict[str, Any]]:
@@ -462,7 +475,6 @@ def _report_from_sns(body: str) -> dict[str, Any] | None:
     return None
 
 
-_GENERIC = ("report mode: not deleted", "deleted (condition")
 _FLAG_NOTES = {
     "alive_past_hard_max": "alive past hard_max_age: in production the LocksAlivePastHardMax alarm fires",
     "kept_unknown": "kept with liveness unknown: counted as kept_unknown in the report (LocksKeptUnknown metric)",
@@ -480,14 +492,32 @@ def verdict(entry: dict[str, Any]) -> str:
         if outcome == "reaped":
             return "holder UNKNOWN: reaped only because it is past hard_max_age (the policy allows it)"
         return "holder UNKNOWN: unknown means keep"
-    return "kept before any CI question (liveness is asked only about candidates past max_age)"
+    return f"kept without asking the CI: {_not_a_candidate(entry)}"
+
+
+_NEVER_ASKED = {  # the flag the decision set, and why that lock was never a liveness candidate
+    "unparseable": "unparseable Info, nothing to judge",
+    "path_mismatch": "suspicious item (Info.Path differs from its LockID), never a candidate",
+    "future_created": "Created is in the future, its age cannot be trusted",
+    "excluded": "excluded by the policy, never a candidate",
+    "no_rule": "no rule matches it",
+}
+
+
+def _not_a_candidate(entry: dict[str, Any]) -> str:
+    for flag in entry.get("flags", []):
+        if flag in _NEVER_ASKED:
+            return _NEVER_ASKED[flag]
+    if any("below" in r for r in entry.get("reasons", [])):
+        return "younger than the min_age floor or its rule's max_age (liveness is asked only past max_age)"
+    return "not a candidate"
 
 
 def why_lines(entry: dict[str, Any]) -> list[str]:
     """For one lock of the run report: the verdict, every reason, the evidence (status and URL), the flags."""
     if not entry:
         return ["(not in the run report)"]
-    reasons = [r for r in entry.get("reasons", []) if not r.startswith(_GENERIC)]
+    reasons = [r for r in entry.get("reasons", []) if not r.startswith(GENERIC_REASON_TAILS)]
     lines = [verdict(entry)]
     lines += [("why:      " if i == 0 else "          ") + r for i, r in enumerate(reasons)]
     urls: dict[str, list[str]] = {}
@@ -558,11 +588,7 @@ def run_demo(out: Out, workdir: Path) -> dict[str, Any]:
 
         out.heading("The lock table: what those jobs, and others, left behind")
         n_digests = fill_table(c["dynamodb"], seeds)
-        rows = []
-        for s in seeds:
-            claimed = "yes" if s.lock_id in ci_envs else "-"
-            rows.append([s.lock_id, s.operation.replace("OperationType", "") or "?", s.who or "?", _age(s.age), claimed, s.note])
-        out.block(_table(rows, ["LOCK ID (bucket/state key)", "OP", "WHO", "AGE", "CLAIM", "WHAT IT IS"]))
+        out.block(lock_listing(seeds, claimed=set(ci_envs)))
         out.line(f"  + {n_digests} '-md5' state digests (one per state; never locks, never touched)")
         before = _all_items(c["dynamodb"])
         digests_before = {k: v for k, v in before.items() if "Digest" in v}

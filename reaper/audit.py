@@ -14,6 +14,32 @@ from pathlib import Path
 from typing import Any
 
 AUDIT_SCHEMA = 1
+_S3_REF = re.compile(r"^s3://([^/]+)/(.+)$")
+
+
+class NotAnAuditRecord(ValueError):
+    """What ``restore`` was given is not an audit record at all (not JSON, not an object, no schema)."""
+
+
+def split_s3_ref(ref: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> (bucket, key); ValueError naming what is missing."""
+    m = _S3_REF.match(ref)
+    if not m:
+        raise ValueError(f"{ref} names no object key: give s3://<bucket>/<key> (the audit_ref the reap report shows)")
+    return m.group(1), m.group(2)
+
+
+def parse_record(text: str | bytes, ref: str) -> Any:
+    """The JSON of an audit record; NotAnAuditRecord (one sentence) when it is not JSON."""
+    try:
+        return json.loads(text)
+    except UnicodeDecodeError:
+        raise NotAnAuditRecord(f"{ref} is not an audit record: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise NotAnAuditRecord(
+            f"{ref} is not an audit record: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            "an audit record is the JSON file that reap --enforce wrote before deleting a lock"
+        ) from None
 
 
 def _slug(text: str) -> str:
@@ -50,10 +76,11 @@ class S3AuditSink:
         return f"s3://{self.bucket}/{key}"
 
     def read(self, ref: str) -> dict[str, Any]:
-        m = re.match(r"^s3://([^/]+)/(.+)$", ref)
-        bucket, key = (m.group(1), m.group(2)) if m else (self.bucket, ref)
+        bucket, key = split_s3_ref(ref) if ref.startswith("s3://") else (self.bucket, ref)
+        if not bucket:
+            raise ValueError(f"{ref} names no bucket and the policy has no audit.s3_bucket: give s3://<bucket>/<key>")
         body = self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        return json.loads(body)
+        return parse_record(body, ref)
 
 
 class LocalDirAuditSink:
@@ -72,7 +99,7 @@ class LocalDirAuditSink:
         path = Path(ref)
         if not path.is_absolute() and not path.exists():
             path = self.directory / ref
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_record(path.read_bytes(), ref)
 
 
 class TeeAuditSink:
@@ -90,10 +117,13 @@ class TeeAuditSink:
         return sink.read(ref)
 
 
-def validate_record(record: Any) -> dict[str, Any]:
-    """Check an audit record read back for restore; raise ValueError naming what is wrong."""
+def validate_record(record: Any, ref: str = "the audit record") -> dict[str, Any]:
+    """Check an audit record read back for restore; raise ValueError naming what is wrong
+    (NotAnAuditRecord when it is not an audit record at all)."""
     if not isinstance(record, dict):
-        raise ValueError("audit record is not a JSON object")
+        raise NotAnAuditRecord(f"{ref} is not a Lock Reaper audit record (it is a JSON {type(record).__name__}, not an object)")
+    if "schema" not in record:
+        raise NotAnAuditRecord(f"{ref} is not a Lock Reaper audit record (it has no 'schema' field)")
     if record.get("schema") != AUDIT_SCHEMA:
         raise ValueError(f"audit record schema {record.get('schema')!r} is not supported (expected {AUDIT_SCHEMA})")
     for field in ("store", "lock_path", "item", "restorable"):

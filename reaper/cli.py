@@ -32,8 +32,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("scan", help="list every lock with its age and decision; never deletes, sends no alerts")
     common(sp)
+    sp.add_argument("--wide", action="store_true", help="never cut table cells (they are cut only on a terminal)")
     sp = sub.add_parser("reap", help="one cycle; deletes only in enforce mode")
     common(sp)
+    sp.add_argument("--wide", action="store_true", help="never cut table cells (they are cut only on a terminal)")
     sp.add_argument("--enforce", action="store_true", help="delete stale locks in this run, whatever the policy's mode")
     sp = sub.add_parser("restore", help="put a reaped lock back from its audit record (never overwrites a lock)")
     common(sp)
@@ -94,6 +96,11 @@ def _cycle(policy: Policy, args: argparse.Namespace, out, err, build) -> int:
     from .wiring import build_reaper
 
     build = build or build_reaper
+    enforce = args.command == "reap" and (args.enforce or policy.mode == "enforce")
+    if enforce and not (policy.audit.s3_bucket or policy.audit.local_dir):
+        print("error: reap --enforce needs an audit sink, so that every deleted lock can be restored: set `audit:` in "
+              "the policy (audit.s3_bucket or audit.local_dir, or REAPER_AUDIT_BUCKET). Nothing was scanned.", file=err)
+        return EXIT_CONFIG
     try:
         reaper = build(policy, progress=_progress(args, err))
     except Exception as exc:  # e.g. botocore NoRegionError: a setup problem, not a traceback
@@ -101,6 +108,7 @@ def _cycle(policy: Policy, args: argparse.Namespace, out, err, build) -> int:
         if "region" in str(exc).lower():
             print("  set AWS_REGION (or AWS_DEFAULT_REGION), or `region:` on the store in the policy", file=err)
         return EXIT_CONFIG
+    reaper.errors_in_output = True  # store and alert errors are printed once, in the report below
     if args.command == "scan":
         reaper.alerts = []  # scan is read-only and silent
         mode = "report"
@@ -110,7 +118,8 @@ def _cycle(policy: Policy, args: argparse.Namespace, out, err, build) -> int:
     if args.json:
         print(report.to_json(), file=out)
     else:
-        print(report.render_table(), file=out)
+        isatty = getattr(out, "isatty", None)
+        print(report.render_table(cut=bool(callable(isatty) and isatty()) and not args.wide), file=out)
     return EXIT_ERRORS if report.exit_code else EXIT_OK
 
 
@@ -129,57 +138,106 @@ def _validate(policy: Policy, warnings: list[Any], args: argparse.Namespace, out
     return EXIT_OK
 
 
+class _Usage(Exception):
+    """The command's argument itself is wrong (no such audit record, not an audit record): exit 2."""
+
+
+def _error_code(exc: BaseException) -> str:
+    """The AWS error code or HTTP status behind an error (also behind a StoreError raised ``from None``)."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        resp = getattr(e, "response", None)
+        code = resp.get("Error", {}).get("Code") if isinstance(resp, dict) else None
+        if code:
+            return str(code)
+        if isinstance(getattr(e, "status", None), int):
+            return f"HTTP {e.status}"  # type: ignore[union-attr]
+    return type(exc).__name__
+
+
 def _restore(policy: Policy, args: argparse.Namespace, out, err, build) -> int:
-    from .audit import validate_record
     from .ports import RestoreConflict
-    from .wiring import build_audit, build_stores
 
     result: dict[str, Any] = {"audit_ref": args.audit_ref}
     try:
-        from pathlib import Path
-
-        if not args.audit_ref.startswith("s3://") and Path(args.audit_ref).is_file():
-            from .audit import LocalDirAuditSink
-
-            audit = LocalDirAuditSink(Path(args.audit_ref).parent)  # a local record, whatever the policy's sinks
-        else:
-            audit = build_audit(policy)
-        if audit is None:
-            if args.audit_ref.startswith("s3://"):
-                from .audit import S3AuditSink
-                from .wiring import _client
-
-                audit = S3AuditSink(_client("s3"), bucket="")
-            else:
-                from .audit import LocalDirAuditSink
-
-                audit = LocalDirAuditSink(".")
-        record = validate_record(audit.read(args.audit_ref))
+        record = _read_audit_record(args.audit_ref, policy)
         result.update(store=record["store"], lock_path=record["lock_path"], lock_id=record.get("lock_id"))
-        if not record.get("restorable"):
-            raise ValueError(f"the audit record says this lock cannot be re-created: {record.get('restore_note', 'not restorable')}")
-        stores = {s.name: s for s in build_stores(policy)}
-        store = stores.get(record["store"])
-        if store is None:
-            raise ValueError(f"store {record['store']!r} from the audit record is not in the policy's stores ({', '.join(stores) or 'none'})")
-        result["message"] = store.restore(record["item"])
-        result["status"] = "restored"
+        result.update(status="restored", message=_put_back(policy, record))
         code = EXIT_OK
+    except _Usage as exc:
+        result.update(status="error", message=str(exc))
+        code = EXIT_CONFIG
     except RestoreConflict as exc:
         result.update(status="refused", message=str(exc))
         code = EXIT_ERRORS
-    except Exception as exc:  # unreadable record, AWS errors: say so, lose nothing
+    except ValueError as exc:  # a record that cannot be restored says why
+        result.update(status="error", message=str(exc))
+        code = EXIT_ERRORS
+    except Exception as exc:  # AWS errors: say so, lose nothing
         result.update(status="error", message=f"{type(exc).__name__}: {exc}")
         code = EXIT_ERRORS
     if args.json:
         print(json.dumps(result, indent=2), file=out)
+    elif code == EXIT_OK:
+        print(result["message"], file=out)
     else:
-        print(f"{result['status']}: {result['message']}", file=out if code == EXIT_OK else err)
+        print(f"{result['status']}: {result['message']}", file=err)
     return code
 
 
+def _audit_reader(ref: str, policy: Policy) -> Any:
+    from pathlib import Path
+
+    from .audit import LocalDirAuditSink, S3AuditSink, split_s3_ref
+    from .wiring import _client, build_audit
+
+    if ref.startswith("s3://"):
+        try:
+            split_s3_ref(ref)
+        except ValueError as exc:
+            raise _Usage(str(exc)) from None
+        return S3AuditSink(_client("s3"), bucket="")  # the ref names its bucket
+    if Path(ref).is_file():
+        return LocalDirAuditSink(Path(ref).parent)  # a local record, whatever the policy's sinks
+    audit = build_audit(policy)  # a key in the policy's audit bucket or directory
+    if audit is None:
+        raise _Usage(f"no audit record at {ref}: no such file")
+    return audit
+
+
+def _read_audit_record(ref: str, policy: Policy) -> dict[str, Any]:
+    from .audit import NotAnAuditRecord, validate_record
+
+    try:
+        return validate_record(_audit_reader(ref, policy).read(ref), ref)
+    except NotAnAuditRecord as exc:
+        raise _Usage(str(exc)) from None
+    except FileNotFoundError:
+        raise _Usage(f"no audit record at {ref}: no such file") from None
+    except IsADirectoryError:
+        raise _Usage(f"no audit record at {ref}: it is a directory; give one record's file") from None
+    except _Usage:
+        raise
+    except Exception as exc:
+        code = _error_code(exc)
+        if code in ("NoSuchKey", "NoSuchBucket", "404"):
+            raise _Usage(f"no audit record at {ref}: no such object ({code})") from None
+        raise
+
+
+def _put_back(policy: Policy, record: dict[str, Any]) -> str:
+    from .wiring import build_stores
+
+    if not record.get("restorable"):
+        raise ValueError(f"the audit record says this lock cannot be re-created: {record.get('restore_note', 'not restorable')}")
+    stores = {s.name: s for s in build_stores(policy)}
+    store = stores.get(record["store"])
+    if store is None:
+        raise ValueError(f"store {record['store']!r} from the audit record is not in the policy's stores ({', '.join(stores) or 'none'})")
+    return store.restore(record["item"])
+
+
 def _explain(policy: Policy, args: argparse.Namespace, out, err) -> int:
-    from .liveness.explain import explain_lock, find_locks, render, to_json
+    from .liveness.explain import explain_lock, render, to_json
     from .wiring import build_liveness, build_stores, store_checkers, utc_now
 
     try:
@@ -188,17 +246,57 @@ def _explain(policy: Policy, args: argparse.Namespace, out, err) -> int:
         for extra in store_checkers(policy, stores):  # as build_reaper does: explain shows what a run decides
             liveness.register(extra)
     except Exception as exc:
-        print(f"error: cannot set up: {type(exc).__name__}: {exc}", file=err)
-        return EXIT_CONFIG
-    locks, errors = find_locks(stores, args.lock_path)
-    for e in errors:
-        print(f"warning: store {e}", file=err)
+        return _explain_error(args, out, err, EXIT_CONFIG, "setup_error", f"cannot set up: {type(exc).__name__}: {exc}")
+    locks, near, failed = _lookup(stores, args.lock_path)
     if not locks:
-        print(f"no lock with path or key {args.lock_path!r} in {', '.join(s.name for s in stores) or 'no store'}", file=err)
-        return EXIT_ERRORS
+        return _explain_missing(args, out, err, stores, near, failed)
+    for f in failed:
+        print(f"warning: cannot read store {f['store']} ({f['code']}): {f['message']}", file=err)
     docs = [explain_lock(lock, policy, liveness, utc_now(), check_anyway=args.check_anyway) for lock in locks]
     if args.json:
         print(to_json(docs), file=out)
     else:
         print("\n\n".join(render(d) for d in docs), file=out)
-    return EXIT_ERRORS if errors else EXIT_OK
+    return EXIT_ERRORS if failed else EXIT_OK
+
+
+def _lookup(stores: list[Any], lock_path: str) -> tuple[list[Any], list[str], list[dict[str, str]]]:
+    """The locks whose path or key is ``lock_path``; the paths that end with it (hints); the stores that failed."""
+    found: list[Any] = []
+    near: set[str] = set()
+    failed: list[dict[str, str]] = []
+    tail = "/" + lock_path.lstrip("/")
+    for store in stores:
+        try:
+            store.validate()
+            for lock in store.scan():
+                if lock_path in (lock.lock_path, lock.key):
+                    found.append(lock)
+                elif lock.lock_path.endswith(tail) or lock.key.endswith(tail):
+                    near.add(lock.lock_path)
+        except Exception as exc:  # one store that cannot be read: named, never "no lock"
+            failed.append({"store": store.name, "code": _error_code(exc), "message": str(exc) or type(exc).__name__})
+    return found, sorted(near), failed
+
+
+def _explain_missing(args: argparse.Namespace, out, err, stores: list[Any], near: list[str],
+                     failed: list[dict[str, str]]) -> int:
+    if failed:
+        msg = "; ".join(f"cannot read store {f['store']} ({f['code']}): {f['message']}" for f in failed)
+        return _explain_error(args, out, err, EXIT_ERRORS, "store_error", msg, stores=failed)
+    msg = f"no lock with path or key {args.lock_path!r} in {', '.join(s.name for s in stores) or 'no store'}"
+    hints = [f"did you mean {p!r}?" for p in near[:5]]
+    hints.append("locks' paths are <bucket>/<state key>, as `scan` lists them")
+    return _explain_error(args, out, err, EXIT_ERRORS, "not_found", msg, hints=hints, did_you_mean=near[:5])
+
+
+def _explain_error(args: argparse.Namespace, out, err, code: int, kind: str, message: str,
+                   hints: Sequence[str] = (), **extra: Any) -> int:
+    if args.json:
+        doc = {"error": kind, "lock_path": args.lock_path, "message": message, **extra}
+        print(json.dumps(doc, indent=2), file=out)
+    else:
+        print(f"error: {message}", file=err)
+        for hint in hints:
+            print(f"  {hint}", file=err)
+    return code

@@ -66,6 +66,9 @@ class Reaper:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.progress = progress
         self.progress_every = progress_every
+        # True when the caller prints the report (the CLI): a store or alert error is then shown
+        # there once, not also logged; the Lambda keeps the log lines.
+        self.errors_in_output = False
 
     # ------------------------------------------------------------------
     def run(self, mode: Literal["report", "enforce"] | None = None) -> RunReport:
@@ -98,9 +101,10 @@ class Reaper:
 
     # ------------------------------------------------------------------
     def _say(self, msg: str) -> None:
-        log.info(msg)
         if self.progress:
             self.progress(msg)
+        else:
+            log.info(msg)
 
     def _run_store(self, store: LockStore, mode: str, report: RunReport, state: dict[str, int],
                    pairs: PairIndex | None = None, index_only: bool = False) -> StoreReport:
@@ -122,14 +126,16 @@ class Reaper:
         except Exception as exc:
             sr.status = "error"
             sr.error = f"{type(exc).__name__}: {exc}" if type(exc).__name__ != "StoreError" else str(exc)
-            log.error("store %s failed: %s", store.name, sr.error)
+            if not self.errors_in_output:
+                log.error("store %s failed: %s", store.name, sr.error)
         st = store.stats()
         sr.items_scanned = st.get("items", 0)
         sr.digests_skipped = st.get("digests", 0)
         self._say(
             f"{store.name}: {sr.items_scanned} items, {sr.digests_skipped} digests skipped, {sr.locks} locks"
             + (" (decided after the other stores, paired with their copies under double locking)" if index_only else "")
-            + (f" — ERROR {sr.error}" if sr.error else "")
+            + ((" — FAILED (the error is in the report)" if self.errors_in_output else f" — ERROR {sr.error}")
+               if sr.error else "")
         )
         return sr
 
@@ -164,7 +170,7 @@ class Reaper:
                            + " (double locking): one lock, one decision")
 
         def entry(outcome: Outcome, tail: list[str]) -> LockEntry:
-            e = _entry(lock, decision, fact, outcome, reasons + tail)
+            e = _entry(lock, decision, fact, outcome, reasons + tail, now)
             e.restorable = all(getattr(t.store, "restorable", True) for t in targets)
             if paired:
                 e.targets = [TargetOut(store=t.store.name, key=t.lock.key) for t in targets]
@@ -209,7 +215,7 @@ class Reaper:
         for t, res in zip(targets, results):
             detail = res.detail if isinstance(res, DeleteResult) else f"{type(res).__name__}: {res}"
             status = res.status.value if isinstance(res, DeleteResult) else "error"
-            self._say(f"{t.store.name}: {status} {t.lock.key} ({detail})")
+            self._say(f"{t.store.name}: {status} {t.lock.key}{_detail_once(status, detail)}")
         return e
 
     @staticmethod
@@ -298,12 +304,32 @@ class Reaper:
                 detail = sink.publish(report)
                 report.alerts.append(AlertResult(sink=name, status="sent" if detail else "skipped", detail=detail or ""))
             except Exception as exc:
-                log.error("alert sink %s failed: %s", name, exc)
+                if not self.errors_in_output:
+                    log.error("alert sink %s failed: %s", name, exc)
                 report.alerts.append(AlertResult(sink=name, status="error", detail=f"{type(exc).__name__}: {exc}"))
                 report.summary.alert_errors += 1
 
 
-def _entry(lock: LockRecord, decision: Any, fact: LivenessFact | None, outcome: Outcome, reasons: list[str]) -> LockEntry:
+def _detail_once(status: str, detail: str) -> str:
+    """The detail without the status it repeats: ``deleted K (condition Info = seen)``, not
+    ``deleted K (deleted (condition Info = seen))``."""
+    rest = detail.removeprefix(status).lstrip(": ") if detail.startswith((status + " ", status + ":")) else detail
+    if not rest:
+        return ""
+    return f" {rest}" if rest.startswith("(") else f" ({rest})"
+
+
+def _age_seconds(lock: LockRecord, decision: Any, now: datetime | None) -> float | None:
+    """The decision's age; for a lock kept before the age check (e.g. Info.Path differs), its age from Created."""
+    if decision is not None and decision.age_seconds is not None:
+        return round(decision.age_seconds, 1)
+    if lock.info is not None and now is not None:
+        return round((now - lock.info.Created).total_seconds(), 1)
+    return None
+
+
+def _entry(lock: LockRecord, decision: Any, fact: LivenessFact | None, outcome: Outcome, reasons: list[str],
+           now: datetime | None = None) -> LockEntry:
     info = lock.info
     return LockEntry(
         store=lock.store,
@@ -313,7 +339,7 @@ def _entry(lock: LockRecord, decision: Any, fact: LivenessFact | None, outcome: 
         operation=info.Operation if info else "",
         who=info.Who if info else "",
         created=info.Created.isoformat() if info else None,
-        age_seconds=round(decision.age_seconds, 1) if decision is not None and decision.age_seconds is not None else None,
+        age_seconds=_age_seconds(lock, decision, now),
         rule=decision.rule if decision is not None else None,
         liveness=fact.state.value if fact else "not_checked",
         evidence=[

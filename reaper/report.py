@@ -189,28 +189,12 @@ class RunReport(BaseModel):
             parts.append(f"{self.summary.alert_errors} alert errors")
         return f"[{self.mode}] " + ", ".join(parts)
 
-    def render_table(self, width: int = 60) -> str:
-        headers = ["STORE", "LOCK PATH", "LOCK ID", "OPERATION", "WHO", "AGE", "LIVENESS", "DECISION", "OUTCOME", "REASON"]
-        rows = []
-        for e in self.locks:
-            rows.append(
-                [
-                    " + ".join(t.store for t in e.targets) if e.targets else e.store,
-                    _clip(e.lock_path, 48),
-                    e.lock_id[:8] or "-",
-                    _clip(e.operation.replace("OperationType", ""), 12) or "-",
-                    _clip(e.who, 28) or "-",
-                    format_duration(e.age_seconds) if e.age_seconds is not None else "-",
-                    e.liveness,
-                    e.decision,
-                    e.outcome.value,
-                    _clip(_main_reason(e), width),
-                ]
-            )
-        widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-        for r in rows:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    def render_table(self, width: int = 60, *, cut: bool = False) -> str:
+        """The table, then store errors, alerts, API calls and the summary line.
+
+        Cells are cut (at a word boundary, with an ellipsis) only when ``cut`` is set:
+        the CLI sets it on a terminal without ``--wide``. Audit refs are never cut."""
+        lines = self._table_lines(width if cut else None) if self.locks else [self._no_locks()]
         lines.append("")
         for st in self.stores:
             if st.status == "error":
@@ -219,11 +203,46 @@ class RunReport(BaseModel):
             lines.append(f"alert {a.sink}: {a.status}{' - ' + a.detail if a.detail else ''}")
         calls = self.liveness_api_calls
         if calls.get("total") or calls.get("memo_hits"):
-            kinds = ", ".join(f"{k} {v}" for k, v in calls.get("by_kind", {}).items())
-            lines.append(f"liveness: {calls.get('total', 0)} API calls ({kinds or 'none'}), "
-                         f"{calls.get('not_modified', 0)} answered 304 Not Modified")
+            lines.append(liveness_line(calls))
         lines.append(self.summary_line())
         return "\n".join(lines)
+
+    def _no_locks(self) -> str:
+        failed = sum(1 for st in self.stores if st.status == "error")
+        read = len(self.stores) - failed
+        text = f"no locks found in {read} store{'s' if read != 1 else ''}"
+        return text + (f" ({failed} could not be read)" if failed else "")
+
+    def _table_lines(self, width: int | None) -> list[str]:
+        def clip(text: str, n: int) -> str:
+            return _clip(text, n) if width is not None else text.replace("\n", " ")
+
+        headers = ["STORE", "LOCK PATH", "LOCK ID", "OPERATION", "WHO", "AGE", "LIVENESS", "DECISION", "OUTCOME", "REASON"]
+        with_refs = any(_audit_refs(e) for e in self.locks)
+        if with_refs:
+            headers.append("AUDIT REF")
+        rows = []
+        for e in self.locks:
+            main, note = _main_reason(e)
+            row = [
+                " + ".join(t.store for t in e.targets) if e.targets else e.store,
+                clip(e.lock_path, 48),
+                e.lock_id[:8] or "-",
+                clip(e.operation.replace("OperationType", ""), 12) or "-",
+                clip(e.who, 28) or "-",
+                format_duration(e.age_seconds) if e.age_seconds is not None else "-",
+                e.liveness,
+                e.decision,
+                e.outcome.value,
+                clip(main, max(width - len(note), 20) if width else 0) + note,
+            ]
+            if with_refs:
+                row.append(" + ".join(_audit_refs(e)) or "-")
+            rows.append(row)
+        widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        return lines
 
     def render_text_summary(self) -> str:
         """Readable body for the SNS message."""
@@ -251,19 +270,62 @@ class RunReport(BaseModel):
 
 
 def _clip(s: str, n: int) -> str:
+    """At most ``n`` characters, cut at a word (or path) boundary with an ellipsis."""
     s = s.replace("\n", " ")
-    return s if len(s) <= n else s[: n - 1] + "…"
+    if len(s) <= n:
+        return s
+    head = s[: n - 1]
+    cut = max(head.rfind(" "), head.rfind("/") + 1 if "/" in head else -1)
+    if cut >= n // 2:  # a boundary not too far back; else cut inside the word
+        head = head[:cut]
+    return head.rstrip(" ,;:") + "…"
 
 
-_GENERIC_TAILS = ("report mode: not deleted", "deleted (condition")
+# Reasons that note what was done, not why: report.py and devtools/demo.py skip them.
+GENERIC_REASON_TAILS = ("report mode: not deleted", "deleted (", "never reaped while the holder is alive")
 
 
-def _main_reason(e: LockEntry) -> str:
-    """The decisive reason: the last one, skipping generic outcome notes."""
+def _is_alert_note(reason: str) -> bool:
+    return reason.startswith("age is past ") and reason.endswith(": alert")
+
+
+def _main_reason(e: LockEntry) -> tuple[str, str]:
+    """The decisive reason (the last one, skipping generic outcome notes) and an alert note
+    such as `` (past hard_max_age 4h: alert)``: a kept lock leads with why it was kept."""
+    notes = [r.removeprefix("age is ") for r in e.reasons if _is_alert_note(r)]
+    note = f" ({'; '.join(notes)})" if notes else ""
     for reason in reversed(e.reasons):
-        if not reason.startswith(_GENERIC_TAILS):
-            return reason
-    return e.reasons[-1] if e.reasons else ""
+        if not reason.startswith(GENERIC_REASON_TAILS) and not _is_alert_note(reason):
+            return reason, note
+    return (e.reasons[-1] if e.reasons else ""), ""
+
+
+def _audit_refs(e: LockEntry) -> list[str]:
+    refs = [t.audit_ref for t in e.targets if t.audit_ref] or ([e.audit_ref] if e.audit_ref else [])
+    return list(dict.fromkeys(refs))
+
+
+# What the liveness counter's kinds are: claims.* DynamoDB queries, s3.* HeadObject on
+# state files, everything else (github.*, gitlab.*, hcp.*, app.*) a CI system's API.
+_CALL_GROUPS = (("claims", "claim-table query", "claim-table queries"),
+                ("s3", "state-file HeadObject call", "state-file HeadObject calls"))
+
+
+def liveness_line(calls: dict[str, Any]) -> str:
+    """``liveness: 8 CI API calls (...; 0 answered 304 Not Modified), 6 claim-table queries``"""
+    by_kind: dict[str, int] = calls.get("by_kind", {})
+    grouped = {prefix for prefix, _, _ in _CALL_GROUPS}
+    ci = {k: v for k, v in by_kind.items() if k.split(".", 1)[0] not in grouped}
+    parts = []
+    if ci:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(ci.items()))
+        n = sum(ci.values())
+        parts.append(f"{n} CI API call{'s' if n != 1 else ''} ({kinds}; {calls.get('not_modified', 0)} answered 304 Not Modified)")
+    for prefix, one, many in _CALL_GROUPS:
+        n = sum(v for k, v in by_kind.items() if k.split(".", 1)[0] == prefix)
+        if n:
+            parts.append(f"{n} {one if n == 1 else many}")
+    return "liveness: " + (", ".join(parts) or "no API calls")
 
 
 def entry_dict(entry: LockEntry) -> dict[str, Any]:

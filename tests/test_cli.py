@@ -161,7 +161,7 @@ def test_reap_enforce_then_restore(ddb: Any, tmp_path: Path) -> None:
 
     code, out, err = run(["restore", "--config", policy, ref])
     assert code == 0, err
-    assert out.startswith(f"restored: restored {STALE} into {TABLE}")
+    assert out.startswith(f"restored {STALE} into {TABLE}")
     assert lock_info(ddb, STALE) == infos[STALE]
 
     # a second restore is refused and changes nothing
@@ -221,7 +221,7 @@ def test_restore_bad_refs(ddb: Any, tmp_path: Path) -> None:
     seed(ddb, datetime.now(timezone.utc))
     policy = str(write_policy(tmp_path))
     code, _, err = run(["restore", "--config", policy, str(tmp_path / "missing.json")])
-    assert code == 1 and "error:" in err
+    assert code == 2 and "error:" in err
     junk = tmp_path / "junk.json"
     junk.write_text(json.dumps({"schema": 99}))
     code, _, err = run(["restore", "--config", policy, str(junk)])
@@ -250,8 +250,11 @@ def test_exit_1_when_a_store_errors(ddb: Any, tmp_path: Path) -> None:
 def test_exit_1_when_a_lock_errors(ddb: Any, tmp_path: Path) -> None:
     seed(ddb, datetime.now(timezone.utc))
     f = tmp_path / "policy.yaml"
-    f.write_text(f"stores: [{{type: dynamodb, table: {TABLE}}}]\nrules: [{{match: '*', max_age: 6h, hard_max_age: 1d}}]\n")
-    code, out, _ = run(["reap", "--config", str(f), "--enforce", "--json"])  # enforce without an audit sink
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the audit directory should be")
+    f.write_text(f"stores: [{{type: dynamodb, table: {TABLE}}}]\nrules: [{{match: '*', max_age: 6h, hard_max_age: 1d}}]\n"
+                 f"audit: {{local_dir: '{blocker}'}}\n")
+    code, out, _ = run(["reap", "--config", str(f), "--enforce", "--json"])  # the audit write fails: no delete
     assert code == 1
     doc = json.loads(out)
     assert doc["summary"]["outcomes"]["error"] == 1

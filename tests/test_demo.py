@@ -96,7 +96,7 @@ def test_what_happened_shows_each_reason_and_its_evidence(ran) -> None:
     web = re.search(r"starting the fake CI server on (http://127\.0\.0\.1:\d+)", text).group(1)
     job_url = f"{web}/acme/infra/actions/runs/16123456789/job/45123456789"
     assert f"[completed/cancelled] {job_url}" in happened
-    assert "finished 7h57m ago (completed/cancelled)" in happened or "finished 7h58m ago (completed/cancelled)" in happened
+    assert "finished 7h50m ago (completed/cancelled)" in happened or "finished 7h51m ago (completed/cancelled)" in happened
     assert f"[in_progress] {web}/acme/app/actions/runs/16123498765/job/45123498765" in happened
     assert "flag:     alive_past_hard_max" in happened
     assert "HTTP 500" in happened and f"[500] {web}/api/v3/repos/acme/sandbox/" in happened
