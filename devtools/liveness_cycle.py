@@ -51,10 +51,11 @@ liveness:
     - type: github
       api_url: {gh}
       token_env: BENCH_GH_TOKEN
-      runners: [{{org: acme, hosts: ["gh-runner-*"]}}]
+      runners: [{{org: acme, hosts: ["gh-runner-*"], users: [ci], absent_means_gone: true}}]
     - type: gitlab
       api_url: {gl}
       token_env: BENCH_GL_TOKEN
+      runner_hosts: ["runner-*-project-*-concurrent-*"]
 """
 
 
@@ -123,7 +124,10 @@ def realistic_cycle(audit_dir: str, seed: int = 7) -> dict[str, Any]:
                                     finished_at=now - timedelta(minutes=40))
                 claims.put(Claim(who=who, claimed_at=created - timedelta(seconds=20), provider="gitlab",
                                  api_url=fake.gitlab_api, project_id=project, run_id=9, job_id=job))
-        fake.add_github_run("acme/platform", 777, status="in_progress", started_at=now - timedelta(hours=1))
+        # the mapped repo's last run began after the locks and completed an hour ago (a run still in
+        # progress would make the mapped locks unknown: its holder's clock may lag beyond clock_skew)
+        fake.add_github_run("acme/platform", 777, status="completed", conclusion="success", started_at=now - timedelta(hours=2),
+                            updated_at=now - timedelta(hours=1))
         for i in range(4):
             lock(f"tfstate/mapped/{i}.tfstate", f"runner@fv-az9{i}-1", timedelta(hours=3))
         for i in range(4):

@@ -124,7 +124,19 @@ class Evidence(BaseModel):
 
 
 class LivenessFact(BaseModel):
-    """What the checkers proved about a lock's holder."""
+    """What the checkers proved about a lock's holder.
+
+    Two marks let the composite checker weigh answers that rest on the lock's
+    ``Created``, which the holder's own (possibly wrong) clock wrote:
+
+    - ``contested`` (on unknown): a job or run that could be this lock's holder is
+      live, or finished within the grace period, but could not be tied to the lock
+      (e.g. it started "after" a ``Created`` that a lagging host clock wrote). Only an
+      authoritative answer may then call the holder dead.
+    - ``authoritative`` (on dead): the proof does not rest on ``Created`` or on the
+      holder's clock: an idle self-hosted runner named after the host, or the claim of
+      a single-use host (a GitHub-hosted VM runs one job).
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -132,6 +144,8 @@ class LivenessFact(BaseModel):
     reason: str
     evidence: tuple[Evidence, ...] = ()
     checkers: tuple[str, ...] = ()
+    contested: bool = False
+    authoritative: bool = False
 
     @classmethod
     def unknown(cls, reason: str, checkers: tuple[str, ...] = ()) -> "LivenessFact":

@@ -100,7 +100,7 @@ def test_what_happened_shows_each_reason_and_its_evidence(ran) -> None:
     assert f"[in_progress] {web}/acme/app/actions/runs/16123498765/job/45123498765" in happened
     assert "flag:     alive_past_hard_max" in happened
     assert "HTTP 500" in happened and f"[500] {web}/api/v3/repos/acme/sandbox/" in happened
-    assert "no live job started before the lock in project 4217" in happened
+    assert "no live job in project 4217" in happened
     assert f"[none] {web}/api/v4/projects/4217/jobs" in happened
     assert "('terraform:apply') finished" in happened and "(canceled)" in happened
     assert "age >= hard_max_age 6h: the policy allows reaping an unknown holder" in happened

@@ -116,7 +116,8 @@ def test_bad_claims_table_from_env_names_the_variable() -> None:
          "liveness.providers[0].live_job_scopes[0]", 5, "success"),
         ("liveness:\n  providers:\n    - type: github\n      token_env: T\n    - type: github\n      token_env: U\n",
          "liveness.providers", 2, "used twice"),
-        ("liveness:\n  providers:\n    - {type: gitlab, name: a, token_env: T}\n    - {type: gitlab, name: b, token_env: T}\n",
+        ("liveness:\n  providers:\n    - {type: gitlab, name: a, token_env: T, runner_hosts: ['runner-*']}\n"
+         "    - {type: gitlab, name: b, token_env: T, runner_hosts: ['runner-*']}\n",
          "liveness.providers", 2, "runner_hosts"),
         ("liveness:\n  http:\n    timeouts: 5s\n", "liveness.http.timeouts", 3, "unknown field"),
         ("rules:\n  - match: '*'\n    max_age: 1h\n    liveness:\n      github_repos: [not-a-repo]\n",

@@ -59,6 +59,7 @@ liveness:
     - type: gitlab
       api_url: {gl}
       token_env: E2E_GITLAB_TOKEN
+      runner_hosts: ["runner-*-project-*-concurrent-*"]
   http: {{timeout: 2s}}
 """
 

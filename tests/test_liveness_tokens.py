@@ -151,13 +151,14 @@ def test_no_token_key_or_jwt_is_ever_logged_or_reported(aws, app_key, caplog: py
               claims: {{table: claims}}
               providers:
                 - {{type: github, name: pat, api_url: "{fake.github_api}", token_secret: gh-pat,
-                    runners: [{{org: acme, hosts: ["gh-*"]}}]}}
+                    runners: [{{org: acme, hosts: ["gh-*"], users: [ci]}}]}}
                 - type: github
                   name: app
                   api_url: "{fake.url}/app-gh/api/v3"
                   app: {{app_id: 4242, installation_id: 9, private_key_secret: gh-app-key}}
-                  runners: [{{org: apps, hosts: ["app-*"]}}]
-                - {{type: gitlab, api_url: "{fake.gitlab_api}", token_secret: gl-pat}}
+                  runners: [{{org: apps, hosts: ["app-*"], users: [ci]}}]
+                - {{type: gitlab, api_url: "{fake.gitlab_api}", token_secret: gl-pat,
+                    runner_hosts: ["runner-*-project-*-concurrent-*"]}}
               state_activity: {{enabled: false}}
             """))
         store = InMemoryLockStore("dynamodb:locks")

@@ -40,6 +40,7 @@ def build_liveness(
     pool = pool or new_pool(ca_bundle=http.ca_bundle)
     secrets = secrets or SecretsSource(max_age=int(cfg.secret_max_age.total_seconds()), client_factory=client_factory)
     grace = cfg.grace
+    skew = policy.clock_skew
 
     def api(provider: Any, extra_headers: dict[str, str] | None, auth: Any) -> JsonApi:
         timeout = (provider.timeout or http.timeout).total_seconds()
@@ -52,7 +53,7 @@ def build_liveness(
     verifiers: dict[str, Any] = {}
     api_urls: dict[str, str] = {}
     github_repo_apis: dict[str, tuple[GitHubApi, list[str]]] = {}
-    gitlab_apis: dict[str, tuple[GitLabApi, list[str] | None]] = {}
+    gitlab_apis: dict[str, tuple[GitLabApi, list[str], list[str]]] = {}
     runner_checkers: list[Any] = []
 
     for p in cfg.providers:
@@ -64,15 +65,15 @@ def build_liveness(
             else:
                 auth = StaticToken(github_header, secret=p.token_secret, secrets=secrets, env_var=p.token_env, env=env)
             gh = GitHubApi(api(p, GITHUB_HEADERS, auth), p.label)
-            verifiers[p.label] = GitHubClaimVerifier(gh, grace)
+            verifiers[p.label] = GitHubClaimVerifier(gh, grace, skew)
             github_repo_apis[p.label] = (gh, list(p.active_run_statuses))
             if p.runners:
                 runner_checkers.append(GitHubRunnersChecker(gh, list(p.runners)))
         elif isinstance(p, GitLabProvider):
             auth = StaticToken(gitlab_header, secret=p.token_secret, secrets=secrets, env_var=p.token_env, env=env)
             gl = GitLabApi(api(p, None, auth), p.label, list(p.live_job_scopes))
-            verifiers[p.label] = GitLabClaimVerifier(gl, grace)
-            gitlab_apis[p.label] = (gl, list(p.runner_hosts) if p.runner_hosts is not None else None)
+            verifiers[p.label] = GitLabClaimVerifier(gl, grace, skew)
+            gitlab_apis[p.label] = (gl, list(p.runner_hosts), list(p.runner_users))
 
     checkers: list[Any] = []
     if cfg.claims is not None:

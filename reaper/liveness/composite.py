@@ -1,6 +1,11 @@
 """Combine the checkers' answers into one fact for the decision.
 
 - any checker says alive -> **alive** (one live signal is enough to keep);
+- otherwise, an authoritative proof of death (one that does not rest on the
+  lock's ``Created``: an idle runner named after the host, a claim of a
+  single-use GitHub-hosted VM) -> **dead**;
+- otherwise, a contested unknown (a live or just-finished job or run that could
+  be the holder if the holder's clock lags) -> **unknown**, whatever else says dead;
 - otherwise, at least one positive proof of death -> **dead**;
 - otherwise -> **unknown** (which means keep).
 
@@ -22,6 +27,7 @@ from typing import Any
 from ..models import Evidence, Liveness, LivenessFact, LockRecord
 from .claims import ClaimStore
 from .facts import ev, unknown
+from .identity import parse_who
 
 log = logging.getLogger("reaper.liveness")
 
@@ -88,20 +94,33 @@ class CompositeChecker:
 
 
 def combine(answers: list[Answer]) -> LivenessFact:
+    """Any alive means alive. Otherwise an authoritative dead (one that does not rest on the lock's
+    ``Created``) means dead. Otherwise a contested unknown (a live or just-finished job or run that could be
+    the holder) means unknown, whatever else says dead. Otherwise one dead means dead; else unknown."""
     asked = tuple(dict.fromkeys(a.checker for a in answers))
     evidence: tuple[Evidence, ...] = tuple(e for a in answers for e in a.fact.evidence)
-    by_state: dict[Liveness, list[Answer]] = {s: [a for a in answers if a.fact.state is s] for s in Liveness}
-    if by_state[Liveness.ALIVE]:
-        reason = "; ".join(f"{a.checker}: {a.fact.reason}" for a in by_state[Liveness.ALIVE])
-        return LivenessFact(state=Liveness.ALIVE, reason=reason, evidence=evidence, checkers=asked)
-    if by_state[Liveness.DEAD]:
-        reason = "; ".join(f"{a.checker}: {a.fact.reason}" for a in by_state[Liveness.DEAD])
-        return LivenessFact(state=Liveness.DEAD, reason=reason, evidence=evidence, checkers=asked)
+
+    def joined(chosen: list[Answer]) -> str:
+        return "; ".join(f"{a.checker}: {a.fact.reason}" for a in chosen)
+
+    alive = [a for a in answers if a.fact.state is Liveness.ALIVE]
+    dead = [a for a in answers if a.fact.state is Liveness.DEAD]
+    firm = [a for a in dead if a.fact.authoritative]
+    disputed = [a for a in answers if a.fact.state is Liveness.UNKNOWN and a.fact.contested]
+    if alive:
+        return LivenessFact(state=Liveness.ALIVE, reason=joined(alive), evidence=evidence, checkers=asked)
+    if firm:
+        return LivenessFact(state=Liveness.DEAD, reason=joined(firm), evidence=evidence, checkers=asked, authoritative=True)
+    if disputed:
+        reason = joined(disputed) + (f" (outvotes {joined(dead)}: that proof rests on the lock's Created)" if dead else "")
+        return LivenessFact(state=Liveness.UNKNOWN, reason=reason, evidence=evidence, checkers=asked, contested=True)
+    if dead:
+        return LivenessFact(state=Liveness.DEAD, reason=joined(dead), evidence=evidence, checkers=asked)
     if not answers:
         return LivenessFact(state=Liveness.UNKNOWN, reason="no liveness evidence applies to this lock "
                             "(no claim table, runner mapping, repo/project mapping or state object)", checkers=asked)
-    reason = "; ".join(f"{a.checker}: {a.fact.reason}" for a in by_state[Liveness.UNKNOWN])
-    return LivenessFact(state=Liveness.UNKNOWN, reason=reason, evidence=evidence, checkers=asked)
+    unknown_ = [a for a in answers if a.fact.state is Liveness.UNKNOWN]
+    return LivenessFact(state=Liveness.UNKNOWN, reason=joined(unknown_), evidence=evidence, checkers=asked)
 
 
 class ClaimsChecker:
@@ -151,4 +170,8 @@ class ClaimsChecker:
         verifier, label = found
         fact = verifier.verify(claim, lock, now)
         note = ev(src, f"claim by {who}: {claim.describe()} (provider {label})", claim.url, "claimed", claim.claimed_at)
-        return LivenessFact(state=fact.state, reason=fact.reason, evidence=(note, *fact.evidence), checkers=(src,))
+        # A GitHub-hosted VM runs one job: the claim by its exact Who names the only job that ever ran there,
+        # whatever the host's clock says. On any other host the claim is joined by time (ClaimedAt <= Created).
+        single_use = fact.state is Liveness.DEAD and parse_who(who).github_hosted
+        return LivenessFact(state=fact.state, reason=fact.reason, evidence=(note, *fact.evidence), checkers=(src,),
+                            authoritative=single_use)

@@ -59,15 +59,19 @@ def judge_finished(
     grace: timedelta,
     url: str | None,
     status: str,
+    *,
+    skew: timedelta,
 ) -> LivenessFact:
-    """A finished job/run: dead after the grace period, unless it ended before the lock existed.
+    """A finished job/run: dead after the grace period, unless it may have ended before the lock existed.
 
-    A job that ended at or before ``Created`` is never taken for the holder, not even
-    within ``skew``: the clock-skew allowance may only widen "alive", never "dead". A
-    reused hostname (a self-hosted runner, GitLab's ``runner-…-project-N-concurrent-M``)
-    runs its next job seconds after the last one ended; when that job took the lock
-    without a claim of its own, the previous job's claim is the latest one before
-    ``Created`` and must prove nothing.
+    A job that ended within ``skew`` of ``Created``, on either side, is never taken for
+    the holder: ``Created`` comes from the holder's clock, which may be that far off, so
+    the job may have ended before the lock was taken. A reused hostname (a self-hosted
+    runner, a GitLab shell executor, GitLab's ``runner-…-project-N-concurrent-M``) runs
+    its next job seconds after the last one ended; when that job took the lock without
+    a claim of its own, the previous job's claim is the latest one before ``Created``
+    and must prove nothing. The skew allowance may only make an answer alive or
+    unknown, never dead.
     """
     if finished_at is None:
         return unknown(source, f"{what} is {status} but reports no finish time", ev(source, f"{what}: {status}, no finish time", url, status))
@@ -75,12 +79,36 @@ def judge_finished(
         detail = (f"{what} finished at {finished_at.isoformat()}, before the lock was created "
                   f"({created.isoformat()}): it is not this lock's holder")
         return unknown(source, detail, ev(source, detail, url, status, finished_at))
+    if finished_at <= created + skew:
+        detail = (f"{what} finished at {finished_at.isoformat()}, {format_duration(finished_at - created)} after the "
+                  f"lock's Created ({created.isoformat()}), within the {format_duration(skew)} clock skew of the "
+                  "holder's clock: it is not provably this lock's holder")
+        return unknown(source, detail, ev(source, detail, url, status, finished_at))
     ago = now - finished_at
     if ago < grace:
         detail = f"{what} finished {format_duration(ago)} ago ({status}), within the {format_duration(grace)} grace period"
         return alive(source, detail, ev(source, detail, url, status, finished_at))
     detail = f"{what} finished {format_duration(ago)} ago ({status})"
     return dead(source, detail, ev(source, detail, url, status, finished_at))
+
+
+def host_clock_lags(source: str, what: str, claimed_at: datetime, started: list[datetime | None], skew: timedelta,
+                    url: str | None) -> LivenessFact | None:
+    """Unknown when the claim is older, by the host's clock, than its job by the CI system's clock.
+
+    The claim step runs inside the job, so it cannot be earlier than the job's start. A
+    ``ClaimedAt`` more than ``skew`` before the earliest ``started_at`` the CI API gives
+    shows that the host's clock lags beyond ``clock_skew``: the lock's ``Created``, from
+    the same clock, then proves no order against the job's end.
+    """
+    known = [s for s in started if s is not None]
+    if not known or claimed_at >= min(known) - skew:
+        return None
+    lag = min(known) - claimed_at
+    detail = (f"{what}: the claim was made at {claimed_at.isoformat()} by the host clock, {format_duration(lag)} before "
+              f"the job started by the CI system's clock: the host clock lags beyond the {format_duration(skew)} clock "
+              "skew, so the lock's Created proves nothing")
+    return unknown(source, detail, ev(source, detail, url, "clock-lag", claimed_at))
 
 
 def finished_horizon(now: datetime, grace: timedelta, max_run_duration: timedelta) -> datetime:
@@ -103,22 +131,39 @@ def recent_finish(
 ) -> tuple[str, Evidence] | None:
     """One finished run/job, seen by a repo or project mapping that found no live one.
 
-    Returns ``("recent", evidence)`` when it could be the lock's holder (it began at or
-    before ``Created`` + ``skew``) and finished less than ``grace`` ago: its runner may
-    still be stopping Terraform, so it proves nothing. ``("doubt", evidence)`` when it
-    could be the holder but reports no finish time. ``None`` when it cannot matter:
-    it began after the lock was created, or finished ``grace`` or longer ago.
+    Returns ``("recent", evidence)`` when it finished less than ``grace`` ago: its runner
+    may still be stopping Terraform, so it proves nothing. That holds whenever it began:
+    one that began "after" ``Created`` + ``skew`` may still be the holder when the host's
+    clock lags further than ``skew``. ``("doubt", evidence)`` when it could be the holder
+    (it began at or before ``Created`` + ``skew``) but reports no finish time. ``None``
+    when it cannot matter: it finished ``grace`` or longer ago, or it began after the
+    lock and reports no finish time.
     """
-    if began is not None and began > created + skew:
-        return None
+    after = began is not None and began > created + skew
     if finished is None:
+        if after:
+            return None
         return "doubt", ev(source, f"{label} is {status} but reports no finish time: proves nothing", url, status)
     ago = now - finished
     if ago >= grace:
         return None
+    began_note = " (it began after the lock's Created, which a lagging host clock may have written)" if after else ""
     detail = (f"{label} finished {format_duration(max(ago, timedelta(0)))} ago ({status}), within the "
-              f"{format_duration(grace)} grace period: its runner may still be stopping Terraform")
+              f"{format_duration(grace)} grace period{began_note}: its runner may still be stopping Terraform")
     return "recent", ev(source, detail, url, status, finished)
+
+
+def live_after_created(source: str, label: str, status: str, started: datetime, created: datetime, url: str | None) -> Evidence:
+    """A live job/run that started after the lock's ``Created`` + skew: by the clocks it is not the holder,
+    but the holder's clock may lag beyond ``clock_skew``, so it proves the holder neither alive nor dead."""
+    return ev(source, f"{label} is {status}, started {started.isoformat()}, after the lock's Created "
+                      f"({created.isoformat()}): it may be the holder if the holder's clock lags", url, status, started)
+
+
+def contested(source: str, reason: str, *evidence: Evidence) -> LivenessFact:
+    """Unknown, with a live or just-finished job/run that could be the holder: outvotes any dead answer
+    that rests on the lock's ``Created`` (see ``LivenessFact.contested``)."""
+    return LivenessFact(state=Liveness.UNKNOWN, reason=reason, evidence=tuple(evidence), checkers=(source,), contested=True)
 
 
 class Memo:

@@ -33,7 +33,21 @@ from urllib.parse import quote
 from ..durations import format_duration
 from ..models import LivenessFact, LockRecord
 from .claims import Claim
-from .facts import Memo, alive, dead, ev, finished_horizon, from_error, judge_finished, recent_finish, ts, unknown
+from .facts import (
+    Memo,
+    alive,
+    contested,
+    dead,
+    ev,
+    finished_horizon,
+    from_error,
+    host_clock_lags,
+    judge_finished,
+    live_after_created,
+    recent_finish,
+    ts,
+    unknown,
+)
 from .http import ApiError, JsonApi
 from .identity import OWN_EVIDENCE_STORES, parse_who
 
@@ -105,9 +119,10 @@ class GitHubClaimVerifier:
     source = "github-claim"
     provider_type = "github"
 
-    def __init__(self, gh: GitHubApi, grace: timedelta):
+    def __init__(self, gh: GitHubApi, grace: timedelta, skew: timedelta):
         self.gh = gh
         self.grace = grace
+        self.skew = skew
 
     def verify(self, claim: Claim, lock: LockRecord, now: datetime) -> LivenessFact:
         src = self.source
@@ -137,6 +152,10 @@ class GitHubClaimVerifier:
         if not jobs:
             return unknown(src, f"{scope}: no jobs reported", ev(src, "no jobs in the run attempt", claim.url))
         active = [j for j in jobs if j.get("status") != "completed"]
+        if not active:
+            lag = host_clock_lags(src, scope, claim.claimed_at, [ts(j.get("started_at")) for j in jobs], self.skew, claim.url)
+            if lag is not None:
+                return lag
         if active:
             j = active[0]
             started = ts(j.get("started_at"))
@@ -152,11 +171,18 @@ class GitHubClaimVerifier:
         last = jobs[last_i]
         status = f"completed/{last.get('conclusion') or 'none'}"
         return judge_finished(src, f"{scope}: {_job_label(last)}", finished[last_i], created, now, self.grace,
-                              last.get("html_url") or claim.url, status)
+                              last.get("html_url") or claim.url, status, skew=self.skew)
 
 
 class GitHubRunnersChecker:
-    """Self-hosted runners named after the lock's hostname."""
+    """Self-hosted runners named after the lock's hostname, for locks held by the runner's service user.
+
+    A runner speaks only for its own service user (``users``, default ``runner``): a
+    person's lock on a runner host (``alice@gh-runner-9``) is not the runner's. A name
+    missing from a scope's list proves the runner gone only where the scope says every
+    runner of its ``hosts`` registers there (``absent_means_gone``); otherwise it may be
+    registered in a scope the policy does not list, and the answer is unknown.
+    """
 
     name = "github-runners"
 
@@ -164,72 +190,85 @@ class GitHubRunnersChecker:
         self.gh = gh
         self.scopes = scopes
 
-    def _matching(self, host: str) -> list[Any]:
-        return [s for s in self.scopes if any(fnmatch.fnmatchcase(host, g) for g in s.hosts)]
-
-    @staticmethod
-    def _host(lock: LockRecord) -> str | None:
-        """The hostname of a Terraform ``user@host`` holder; None for anything else (an HCP
-        Terraform user or run, a GitLab username, an empty host): a runner name proves nothing there."""
+    def _matching(self, lock: LockRecord) -> tuple[str, list[Any]]:
+        """The lock's hostname and the scopes that speak for it ("", [] when none)."""
         if lock.info is None or lock.store.startswith(OWN_EVIDENCE_STORES) or "@" not in lock.info.Who:
-            return None
-        return parse_who(lock.info.Who).host or None
+            return "", []  # an HCP Terraform user or run, a GitLab username: a runner name proves nothing there
+        who = parse_who(lock.info.Who)
+        if not who.host:
+            return "", []
+        scopes = [s for s in self.scopes if any(fnmatch.fnmatchcase(who.host, g) for g in s.hosts)
+                  and any(fnmatch.fnmatchcase(who.user, u) for u in s.users)]
+        return who.host, scopes
 
     def applies(self, lock: LockRecord) -> bool:
-        host = self._host(lock)
-        return host is not None and bool(self._matching(host))
+        return bool(self._matching(lock)[1])
 
     def check(self, lock: LockRecord, now: datetime) -> LivenessFact | None:
-        host = self._host(lock)
-        if host is None:
-            return None
-        src = self.name
-        scopes = self._matching(host)
+        host, scopes = self._matching(lock)
         if not scopes:
             return None
-        evidence = []
+        evidence: list[Any] = []
         idle: list[str] = []
         uncertain = False
         for scope in scopes:
-            page = (f"{self.gh.web}/organizations/{scope.org}/settings/actions/runners" if scope.org
-                    else f"{self.gh.web}/{scope.repo}/settings/actions/runners")
-            try:
-                runners, complete = self.gh.runners(scope.org, scope.repo)
-            except ApiError as exc:
-                uncertain = True
-                evidence.append(ev(src, f"runners of {scope.label}: {exc.reason}", exc.url, str(exc.status or "error")))
-                continue
-            names = {host.casefold(), host.split(".")[0].casefold()}  # the runner name defaults to the short hostname
-            found = [r for r in runners if str(r.get("name", "")).casefold() in names]
-            for r in found:  # a runner listed twice (short and full hostname): busy anywhere means alive
-                if r.get("busy") is True:
-                    state = f"{r.get('status')}, busy"
-                    detail = f"self-hosted runner {r.get('name')!r} ({scope.label}) is busy"
-                    return alive(src, detail, *evidence, ev(src, detail, page, state))
-            if found:
-                for r in found:
-                    state = f"{r.get('status')}, {'busy' if r.get('busy') else 'idle'}"
-                    said = f"self-hosted runner {r.get('name')!r} ({scope.label}) is"
-                    if r.get("status") == "online" and r.get("busy") is False:
-                        evidence.append(ev(src, f"{said} online and idle", page, state))
-                    else:
-                        uncertain = True
-                        evidence.append(ev(src, f"{said} {state}: proves nothing", page, state))
-                if not complete:  # another entry of that name may be on a page not read
-                    uncertain = True
-                    evidence.append(ev(src, f"runners of {scope.label}: list longer than the page limit", page, "incomplete"))
+            seen = self._scope(scope, host, evidence)
+            if isinstance(seen, LivenessFact):
+                return seen
+            if seen == "idle":
                 idle.append(scope.label)
-            elif complete:
-                evidence.append(ev(src, f"no runner named {host!r} among {len(runners)} runners of {scope.label}", page, "gone"))
-            else:
-                uncertain = True
-                evidence.append(ev(src, f"runners of {scope.label}: list longer than the page limit", page, "incomplete"))
+            uncertain = uncertain or seen == "uncertain"
+        src = self.name
         if uncertain:  # idle in one scope proves nothing while another scope could hold it busy
             return unknown(src, f"self-hosted runner {host!r}: no proof either way", *evidence)
         if idle:
-            return dead(src, f"self-hosted runner {host!r} is online and idle ({', '.join(idle)})", *evidence)
+            return _authoritative(dead(src, f"self-hosted runner {host!r} is online and idle ({', '.join(idle)})", *evidence))
         labels = ", ".join(s.label for s in scopes)
-        return dead(src, f"self-hosted runner {host!r} is gone (not registered in {labels})", *evidence)
+        return _authoritative(dead(src, f"self-hosted runner {host!r} is gone (not registered in {labels}, which "
+                                        "register every runner of their hosts)", *evidence))
+
+    def _scope(self, scope: Any, host: str, evidence: list[Any]) -> LivenessFact | str:
+        """One scope's list: the alive fact if a runner of that name is busy, else "idle", "gone" or
+        "uncertain" (evidence appended)."""
+        src = self.name
+        page = (f"{self.gh.web}/organizations/{scope.org}/settings/actions/runners" if scope.org
+                else f"{self.gh.web}/{scope.repo}/settings/actions/runners")
+        try:
+            runners, complete = self.gh.runners(scope.org, scope.repo)
+        except ApiError as exc:
+            evidence.append(ev(src, f"runners of {scope.label}: {exc.reason}", exc.url, str(exc.status or "error")))
+            return "uncertain"
+        names = {host.casefold(), host.split(".")[0].casefold()}  # the runner name defaults to the short hostname
+        found = [r for r in runners if str(r.get("name", "")).casefold() in names]
+        for r in found:  # a runner listed twice (short and full hostname): busy anywhere means alive
+            if r.get("busy") is True:
+                detail = f"self-hosted runner {r.get('name')!r} ({scope.label}) is busy"
+                return alive(src, detail, *evidence, ev(src, detail, page, f"{r.get('status')}, busy"))
+        if not complete:  # another entry of that name may be on a page not read
+            evidence.append(ev(src, f"runners of {scope.label}: list longer than the page limit", page, "incomplete"))
+            return "uncertain"
+        if not found:
+            detail = f"no runner named {host!r} among {len(runners)} runners of {scope.label}"
+            if scope.absent_means_gone:
+                evidence.append(ev(src, detail, page, "gone"))
+                return "gone"
+            evidence.append(ev(src, f"{detail}: it may be registered in a scope not listed (set absent_means_gone "
+                                    "where every runner of these hosts registers here)", page, "not-found"))
+            return "uncertain"
+        verdict = "idle"
+        for r in found:
+            state = f"{r.get('status')}, {'busy' if r.get('busy') else 'idle'}"
+            said = f"self-hosted runner {r.get('name')!r} ({scope.label}) is"
+            if r.get("status") == "online" and r.get("busy") is False:
+                evidence.append(ev(src, f"{said} online and idle", page, state))
+            else:
+                verdict = "uncertain"
+                evidence.append(ev(src, f"{said} {state}: proves nothing", page, state))
+        return verdict
+
+
+def _authoritative(fact: LivenessFact) -> LivenessFact:
+    return fact.model_copy(update={"authoritative": True})
 
 
 class GitHubReposChecker:
@@ -265,11 +304,35 @@ class GitHubReposChecker:
         if entry is None:
             return unknown(src, f"rule {rule.label}: no GitHub provider for its repo mapping")
         gh, statuses = entry
+        evidence: list[Any] = []
+        first = self._active(gh, statuses, m.github_repos, lock, evidence)
+        if first is not None:
+            return first
+        # No active run that could be the holder: the holder's run may have completed a moment ago, its
+        # runner still stopping Terraform (SIGINT, SIGTERM, kill). Dead only once every run that could
+        # be the holder finished at least `grace` ago.
+        later = self._recent(gh, m.github_repos, lock, now, evidence)
+        if later is not None:
+            return later
+        grace = self.policy.liveness.grace
+        repos = ", ".join(m.github_repos)
+        detail = (f"no {'/'.join(statuses)} run in {repos}, and none that could hold it completed within the "
+                  f"{format_duration(grace)} grace (rule {rule.label} maps these repos)")
+        return dead(src, detail, *evidence, *(ev(src, f"{r}: no active run, no completion within the last "
+                                                 f"{format_duration(grace)}", f"{gh.web}/{r}/actions", "none")
+                                             for r in m.github_repos))
+
+    def _active(self, gh: GitHubApi, statuses: list[str], repos: list[str], lock: LockRecord,
+                evidence: list[Any]) -> LivenessFact | None:
+        """Alive for an active run that started before the lock (by its ``Created`` + skew); contested for
+        one that started after it (the holder's clock may lag beyond the skew); unknown for a list that
+        failed or was cut short; None when no run is active."""
+        src = self.name
         created = lock.info.Created  # type: ignore[union-attr]
         skew = self.policy.clock_skew
-        evidence = []
+        later: list[Any] = []
         uncertain = False
-        for repo in m.github_repos:
+        for repo in repos:
             for status in statuses:
                 try:
                     runs, complete = gh.runs(repo, status)
@@ -282,20 +345,30 @@ class GitHubReposChecker:
                     evidence.append(ev(src, f"{repo} {status} runs: more than the page limit", None, "incomplete"))
                 for run in runs:
                     started = ts(run.get("run_started_at")) or ts(run.get("created_at"))
+                    label = f"{repo}: run {run.get('id')} ({run.get('name')!r})"
                     if started is None or started <= created + skew:
-                        detail = (f"{repo}: run {run.get('id')} ({run.get('name')!r}) is {run.get('status')}, started "
+                        detail = (f"{label} is {run.get('status')}, started "
                                   f"{started.isoformat() if started else 'at an unknown time'}, before the lock")
                         return alive(src, detail, *evidence, ev(src, detail, run.get("html_url"), str(run.get("status")), started))
+                    later.append(live_after_created(src, label, str(run.get("status")), started, created, run.get("html_url")))
+        if later:
+            return contested(src, later[0].detail, *evidence, *later)
         if uncertain:
-            return unknown(src, f"rule {rule.label}: could not list every active run", *evidence)
-        # No active run: the holder's run may have completed a moment ago, its runner still stopping
-        # Terraform (SIGINT, SIGTERM, kill). Dead only once every run that could be the holder
-        # (created before the lock) finished at least `grace` ago.
+            return unknown(src, "could not list every active run", *evidence)
+        return None
+
+    def _recent(self, gh: GitHubApi, repos: list[str], lock: LockRecord, now: datetime,
+                evidence: list[Any]) -> LivenessFact | None:
+        """Contested when a completed run finished within the grace period, unknown when a list failed or was
+        cut short, None when every completed run that could matter finished long enough ago."""
+        src = self.name
+        created = lock.info.Created  # type: ignore[union-attr]
         grace = self.policy.liveness.grace
         horizon = finished_horizon(now, grace, self.policy.liveness.max_run_duration)
         since = horizon.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
         recent: list[Any] = []
-        for repo in m.github_repos:
+        uncertain = False
+        for repo in repos:
             page = f"{gh.web}/{repo}/actions"
             try:
                 runs, complete = gh.finished_runs(repo, since)
@@ -313,7 +386,7 @@ class GitHubReposChecker:
             for run in runs:
                 label = f"{repo}: run {run.get('id')} ({run.get('name')!r})"
                 seen = recent_finish(src, label, ts(run.get("created_at")), ts(run.get("updated_at")), created, now,
-                                     grace, skew, run.get("html_url") or page,
+                                     grace, self.policy.clock_skew, run.get("html_url") or page,
                                      f"completed/{run.get('conclusion') or 'none'}")
                 if seen is None:
                     continue
@@ -324,13 +397,7 @@ class GitHubReposChecker:
                 else:
                     uncertain = True
         if recent:
-            return unknown(src, recent[0].detail, *evidence)
+            return contested(src, recent[0].detail, *evidence)
         if uncertain:
-            return unknown(src, f"rule {rule.label}: could not list every recently completed run", *evidence)
-        repos = ", ".join(m.github_repos)
-        detail = (f"no {'/'.join(statuses)} run started before the lock in {repos}, and none that could hold it "
-                  f"completed within the {format_duration(grace)} grace (rule {rule.label} maps these repos)")
-        urls = [f"{gh.web}/{r}/actions" for r in m.github_repos]
-        return dead(src, detail, *evidence, *(ev(src, f"{r}: no active run older than the lock, no completion "
-                                                 f"within the last {format_duration(grace)}", u, "none")
-                                             for r, u in zip(m.github_repos, urls)))
+            return unknown(src, "could not list every recently completed run", *evidence)
+        return None

@@ -28,11 +28,25 @@ from urllib.parse import quote
 from ..durations import format_duration
 from ..models import LivenessFact, LockRecord
 from .claims import Claim
-from .facts import Memo, alive, dead, ev, finished_horizon, from_error, judge_finished, recent_finish, ts, unknown
+from .facts import (
+    Memo,
+    alive,
+    contested,
+    dead,
+    ev,
+    finished_horizon,
+    from_error,
+    host_clock_lags,
+    judge_finished,
+    live_after_created,
+    recent_finish,
+    ts,
+    unknown,
+)
 from .http import ApiError, JsonApi
 from .identity import OWN_EVIDENCE_STORES, parse_who
 
-DEFAULT_RUNNER_HOSTS = ["runner-*-project-*-concurrent-*"]
+DOCKER_RUNNER_HOSTS = ["runner-*-project-*-concurrent-*"]  # what a provider sets in runner_hosts to opt in
 FINISHED = {"success", "failed", "canceled", "skipped"}
 FINISHED_SCOPES = ("success", "failed", "canceled")  # jobs that ran and ended (skipped jobs never ran)
 NOT_FINISHED = {"running", "pending", "preparing", "canceling", "created", "waiting_for_resource",
@@ -88,9 +102,10 @@ class GitLabClaimVerifier:
     source = "gitlab-claim"
     provider_type = "gitlab"
 
-    def __init__(self, gl: GitLabApi, grace: timedelta):
+    def __init__(self, gl: GitLabApi, grace: timedelta, skew: timedelta):
         self.gl = gl
         self.grace = grace
+        self.skew = skew
 
     def verify(self, claim: Claim, lock: LockRecord, now: datetime) -> LivenessFact:
         src = self.source
@@ -108,18 +123,27 @@ class GitLabClaimVerifier:
             detail = f"{what} is {status}"
             return alive(src, detail, ev(src, detail, url, status, ts(job.get("started_at"))))
         if status in FINISHED:
+            lag = host_clock_lags(src, what, claim.claimed_at, [ts(job.get("started_at")), claim.started_at], self.skew, url)
+            if lag is not None:
+                return lag
             created = lock.info.Created  # type: ignore[union-attr]
-            return judge_finished(src, what, ts(job.get("finished_at")), created, now, self.grace, url, status)
+            return judge_finished(src, what, ts(job.get("finished_at")), created, now, self.grace, url, status,
+                                  skew=self.skew)
         return unknown(src, f"{what} has status {status!r}", ev(src, f"unrecognised status {status!r}", url, status))
 
 
 class GitLabJobsChecker:
-    """Live jobs in the project named by the runner hostname, or mapped by the lock's rule."""
+    """Live jobs in the project named by the runner hostname, or mapped by the lock's rule.
+
+    A hostname names a project only on a provider that opted in with ``runner_hosts``
+    (the project id in ``runner-…-project-N-concurrent-M`` means nothing on another
+    GitLab instance), and only for locks held by one of its ``runner_users``.
+    """
 
     name = "gitlab-jobs"
 
-    def __init__(self, apis: dict[str, tuple[GitLabApi, list[str] | None]], policy: Any):
-        self.apis = apis  # provider label -> (api, runner host globs or None for the default)
+    def __init__(self, apis: dict[str, tuple[GitLabApi, list[str], list[str]]], policy: Any):
+        self.apis = apis  # provider label -> (api, runner host globs ([] = no hostname evidence), runner users)
         self.policy = policy
 
     def _targets(self, lock: LockRecord) -> list[tuple[GitLabApi, int | str, str]]:
@@ -129,8 +153,9 @@ class GitLabJobsChecker:
         who = parse_who(lock.info.Who)
         project = who.gitlab_project()
         if project is not None:
-            for gl, hosts in self.apis.values():
-                if any(fnmatch.fnmatchcase(who.host, g) for g in (hosts or DEFAULT_RUNNER_HOSTS)):
+            for gl, hosts, users in self.apis.values():
+                if (any(fnmatch.fnmatchcase(who.host, g) for g in hosts)
+                        and any(fnmatch.fnmatchcase(who.user, u) for u in users)):
                     out.append((gl, project, f"runner hostname {who.host!r}"))
         rule = self.policy.rule_for(lock.lock_path, lock.info.Operation)
         m = getattr(rule, "liveness", None) if rule is not None else None
@@ -146,17 +171,39 @@ class GitLabJobsChecker:
     def applies(self, lock: LockRecord) -> bool:
         return bool(self._targets(lock))
 
+    @staticmethod
+    def _page(gl: GitLabApi, project: int | str) -> str:
+        return f"{gl.web}/{project}/-/jobs" if isinstance(project, str) else gl.api.url(f"projects/{project}/jobs")
+
     def check(self, lock: LockRecord, now: datetime) -> LivenessFact | None:
         targets = self._targets(lock)
         if not targets:
             return None
+        evidence: list[Any] = []
+        first = self._live(targets, lock, evidence)
+        if first is not None:
+            return first
+        # No live job that could be the holder: the holder may have finished a moment ago, its runner still
+        # stopping Terraform. Dead only once every job that could be the holder finished at least `grace` ago.
+        later = self._recent(targets, lock, now, evidence)
+        if later is not None:
+            return later
+        projects = ", ".join(str(t[1]) for t in targets)
+        return dead(self.name, f"no live job in project {projects}, and none that could hold it finished within "
+                    f"the {format_duration(self.policy.liveness.grace)} grace", *evidence)
+
+    def _live(self, targets: list[tuple[GitLabApi, int | str, str]], lock: LockRecord,
+              evidence: list[Any]) -> LivenessFact | None:
+        """Alive for a live job that started before the lock (by its ``Created`` + skew) or not yet; contested
+        for one that started after it (the holder's clock may lag beyond the skew); unknown for a list that
+        failed or was cut short; None when no job is live."""
         src = self.name
         created = lock.info.Created  # type: ignore[union-attr]
         skew = self.policy.clock_skew
-        evidence = []
+        later: list[Any] = []
         uncertain = False
         for gl, project, why in targets:
-            page = f"{gl.web}/{project}/-/jobs" if isinstance(project, str) else gl.api.url(f"projects/{project}/jobs")
+            page = self._page(gl, project)
             try:
                 jobs, complete = gl.live_jobs(project)
             except ApiError as exc:
@@ -165,26 +212,36 @@ class GitLabJobsChecker:
                 continue
             for job in jobs:
                 started = ts(job.get("started_at"))
+                label = f"project {project} ({why}): job {job.get('id')} ({job.get('name')!r})"
+                url = job.get("web_url") or page
                 if started is None or started <= created + skew:
                     when = f"started {started.isoformat()}" if started else "not started yet"
-                    detail = f"project {project} ({why}): job {job.get('id')} ({job.get('name')!r}) is {job.get('status')}, {when}"
-                    return alive(src, detail, *evidence, ev(src, detail, job.get("web_url") or page, str(job.get("status")), started))
+                    detail = f"{label} is {job.get('status')}, {when}"
+                    return alive(src, detail, *evidence, ev(src, detail, url, str(job.get("status")), started))
+                later.append(live_after_created(src, label, str(job.get("status")), started, created, url))
             if not complete:
                 uncertain = True
                 evidence.append(ev(src, f"project {project}: more live jobs than the page limit", page, "incomplete"))
-            else:
-                evidence.append(ev(src, f"project {project} ({why}): no {'/'.join(gl.live_scopes)} job started before the lock",
-                                   page, "none"))
+            elif not jobs:
+                evidence.append(ev(src, f"project {project} ({why}): no {'/'.join(gl.live_scopes)} job", page, "none"))
+        if later:
+            return contested(src, later[0].detail, *evidence, *later)
         if uncertain:
             return unknown(src, "could not list every live job", *evidence)
-        # No live job: the holder may have finished a moment ago, its runner still stopping Terraform.
-        # Dead only once every job that could be the holder (started before the lock) finished at least
-        # `grace` ago.
+        return None
+
+    def _recent(self, targets: list[tuple[GitLabApi, int | str, str]], lock: LockRecord, now: datetime,
+                evidence: list[Any]) -> LivenessFact | None:
+        """Contested when a job finished within the grace period, unknown when a list failed or was cut short,
+        None when every finished job that could matter finished long enough ago."""
+        src = self.name
+        created = lock.info.Created  # type: ignore[union-attr]
         grace = self.policy.liveness.grace
         horizon = finished_horizon(now, grace, self.policy.liveness.max_run_duration)
         recent: list[Any] = []
+        uncertain = False
         for gl, project, why in targets:
-            page = f"{gl.web}/{project}/-/jobs" if isinstance(project, str) else gl.api.url(f"projects/{project}/jobs")
+            page = self._page(gl, project)
             try:
                 jobs, complete = gl.finished_jobs(project, horizon)
             except ApiError as exc:
@@ -200,8 +257,8 @@ class GitLabJobsChecker:
             for job in jobs:
                 label = f"project {project} ({why}): job {job.get('id')} ({job.get('name')!r})"
                 began = ts(job.get("started_at")) or ts(job.get("created_at"))
-                seen = recent_finish(src, label, began, ts(job.get("finished_at")), created, now, grace, skew,
-                                     job.get("web_url") or page, str(job.get("status")))
+                seen = recent_finish(src, label, began, ts(job.get("finished_at")), created, now, grace,
+                                     self.policy.clock_skew, job.get("web_url") or page, str(job.get("status")))
                 if seen is None:
                     continue
                 what, e = seen
@@ -211,9 +268,7 @@ class GitLabJobsChecker:
                 else:
                     uncertain = True
         if recent:
-            return unknown(src, recent[0].detail, *evidence)
+            return contested(src, recent[0].detail, *evidence)
         if uncertain:
             return unknown(src, "could not list every recently finished job", *evidence)
-        projects = ", ".join(str(t[1]) for t in targets)
-        return dead(src, f"no live job started before the lock in project {projects}, and none that could hold it "
-                    f"finished within the {format_duration(grace)} grace", *evidence)
+        return None

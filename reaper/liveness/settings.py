@@ -56,6 +56,16 @@ class RunnerScope(_Strict):
     org: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     repo: Repo | None = None
     hosts: Globs = Field(min_length=1, description="hostname globs that are self-hosted runners of this org/repo")
+    users: Globs = Field(
+        default_factory=lambda: ["runner"], min_length=1,
+        description="the runner service's user name(s): a runner speaks only for locks whose Who has this user part "
+                    "(alice@gh-runner-9 is a person's lock, not the runner's)",
+    )
+    absent_means_gone: bool = Field(
+        default=False,
+        description="every runner of these hosts is registered in this org/repo and nowhere else, so a name missing "
+                    "from its list is gone (dead); otherwise a missing name is unknown",
+    )
 
     @model_validator(mode="after")
     def _one_scope(self) -> "RunnerScope":
@@ -108,8 +118,15 @@ class GitHubProvider(_ProviderBase):
 class GitLabProvider(_ProviderBase):
     type: Literal["gitlab"]
     api_url: Annotated[str, BeforeValidator(lambda v: _check_api_url(v) if isinstance(v, str) else v)] = "https://gitlab.com/api/v4"
-    runner_hosts: Globs | None = Field(
-        default=None, description="hostname globs of this instance's runners (default: runner-*-project-*-concurrent-*)"
+    runner_hosts: Globs = Field(
+        default_factory=list,
+        description="opt in to hostname evidence: globs of THIS instance's runner hostnames whose "
+                    "runner-<token>-project-<id>-concurrent-<n> name gives the project id (e.g. "
+                    "[\"runner-*-project-*-concurrent-*\"]); default none: the id means nothing on another instance",
+    )
+    runner_users: Globs = Field(
+        default_factory=lambda: ["root"], min_length=1,
+        description="the user name(s) jobs run as on those hosts (the Docker executor: the image's user, often root)",
     )
     live_job_scopes: list[Literal[GITLAB_LIVE_SCOPES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["running", "pending", "canceling"], min_length=1
@@ -170,12 +187,15 @@ class LivenessConfig(_Strict):
             if p.label in seen:
                 raise ValueError(f"provider name {p.label!r} is used twice: give each provider a distinct name")
             seen.add(p.label)
-        gitlabs = [p for p in v if p.type == "gitlab"]
-        if len(gitlabs) > 1 and any(p.runner_hosts is None for p in gitlabs):
-            raise ValueError(
-                "with more than one gitlab provider, set runner_hosts on each: a runner hostname "
-                "names a project id, and ids are only unique within one GitLab instance"
-            )
+        owner: dict[str, str] = {}
+        for p in v:
+            for glob in getattr(p, "runner_hosts", None) or []:
+                if glob in owner:
+                    raise ValueError(
+                        f"runner_hosts {glob!r} is set on both gitlab providers {owner[glob]!r} and {p.label!r}: a runner "
+                        "hostname names a project id, and ids are only unique within one GitLab instance"
+                    )
+                owner[glob] = p.label
         return v
 
     def provider(self, type_: str, name: str | None = None) -> Any:
