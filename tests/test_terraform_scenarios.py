@@ -154,7 +154,7 @@ def test_workspace_lock_reaped_on_ci_evidence_restored_and_seen_again(
     assert_plan_blocked(tf, held, "v2")
     created = parse_created(held.info["Created"])
     fake.add_github_job(REPO, 4001, 41, status="completed", conclusion="cancelled", runner_name="GitHub Actions 9",
-                        started_at=created - timedelta(minutes=1), completed_at=created + timedelta(minutes=2))
+                        started_at=created - timedelta(minutes=1), completed_at=created + timedelta(minutes=10))
 
     # Young (under max_age): kept without asking anyone.
     young = reap_at(policy_path, created + timedelta(minutes=30))
