@@ -359,7 +359,7 @@ def projected_scan(client: Any, table: str) -> int:
 def make_liveness(policy: Any, client: Any, etags: Any = None) -> Any:
     """Issue 4's composite checker as the wiring builds it (fresh per cycle, like one Lambda run)."""
     from reaper.liveness.build import build_liveness
-    from reaper.liveness.http import EtagCache
+    from reaper.http.client import EtagCache
 
     env = {"BENCH_GH_TOKEN": GH_TOKEN, "BENCH_GL_TOKEN": GL_TOKEN}
     return build_liveness(policy, lambda service, region=None: client, env=env,
@@ -371,7 +371,7 @@ def reaper_cycle(policy_text: str, client: Any, with_ci: bool, etags: Any = None
 
     Without a CI server every holder is unknown. With one, a cold ETag cache per
     cycle unless ``etags`` is given (a warm Lambda keeps it between runs)."""
-    from reaper.config import parse_policy
+    from reaper.policy import parse_policy
     from reaper.wiring import build_reaper
 
     policy = parse_policy(policy_text)
@@ -483,7 +483,7 @@ def ci_calls(stats: dict[str, Any]) -> dict[str, Any]:
 def bench_p2(args: argparse.Namespace, server: MotoServer, ci: CIServer, ds: Dataset) -> dict[str, Any]:
     if not ci.available:
         return {"measured": False, "reason": f"no fake CI server: {ci.kind}", "pass": None}
-    from reaper.liveness.http import EtagCache
+    from reaper.http.client import EtagCache
 
     client = dynamodb_client(server.endpoint)
     if TABLE not in client.list_tables()["TableNames"]:
@@ -560,7 +560,7 @@ def peak_rss_kb() -> tuple[int, str]:
 
 def rss_probe(endpoint: str, table: str, what: str) -> dict[str, Any]:
     """Runs in a fresh subprocess: import everything first, then scan, then report the peak RSS."""
-    from reaper.config import parse_policy
+    from reaper.policy import parse_policy
     from reaper.stores.dynamodb import DynamoDBLockStore
     from reaper.wiring import build_reaper
 

@@ -63,11 +63,11 @@ def realistic_cycle(audit_dir: str, seed: int = 7) -> dict[str, Any]:
     import boto3
     from moto import mock_aws
 
-    from reaper.config import parse_policy
+    from reaper.policy import parse_policy
     from reaper.engine import Reaper
     from reaper.liveness.build import build_liveness
     from reaper.liveness.claims import Claim, ClaimStore
-    from reaper.liveness.http import EtagCache
+    from reaper.http.client import EtagCache
     from reaper.stores.memory import InMemoryLockStore
 
     rng = random.Random(seed)

@@ -41,7 +41,7 @@ from aws_cdk import aws_sns_subscriptions as subs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from reaper.config import Policy
+from reaper.policy import Policy
 from reaper.report import METRIC_DURATION, METRIC_SERVICE, METRICS
 
 from .local_bundling import LocalPipBundling

@@ -2,7 +2,7 @@
 
 ``load_settings`` turns the raw context into :class:`ReaperSettings`;
 ``load_checked_policy`` validates the operators' policy file with the very
-models the Lambda uses (``reaper.config.load_policy``) and cross-checks it
+models the Lambda uses (``reaper.policy.load_policy``) and cross-checks it
 against the context, so ``cdk synth`` fails before building anything, with one
 line per problem naming the bad field (and, for the policy, its line).
 
@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from reaper.config import ConfigError, Policy, load_policy
+from reaper.policy import ConfigError, Policy, load_policy
 
 CONTEXT_KEY = "reaper"
 

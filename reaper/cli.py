@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import ConfigError, Policy, check_policy_file
+from .policy import ConfigError, Policy, check_policy_file
 
 EXIT_OK, EXIT_ERRORS, EXIT_CONFIG = 0, 1, 2
 
@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("lock_path", metavar="LOCK_PATH", help="the lock's path (<bucket>/<state key>) or store key")
     sp.add_argument("--check-anyway", action="store_true", help="ask the liveness checkers even if the lock is not a candidate")
-    from .liveness import claim_cli
+    from .commands import claim as claim_cli
 
     sp = sub.add_parser("claim", help="in a CI job, before terraform: record which run will hold this machine's locks")
     claim_cli.add_arguments(sp)
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None, *, build: Callable[..., Any] | None 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=err,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command == "claim":  # runs in CI jobs: needs no policy file
-        from .liveness import claim_cli
+        from .commands import claim as claim_cli
 
         return claim_cli.run(args, out, err)
     try:  # validate only warns of a policy without stores; for a run it is an error
@@ -188,7 +188,8 @@ def _audit_reader(ref: str, policy: Policy) -> Any:
     from pathlib import Path
 
     from .audit import LocalDirAuditSink, S3AuditSink, split_s3_ref
-    from .wiring import _client, build_audit
+    from .aws import client as _client
+    from .wiring import build_audit
 
     if ref.startswith("s3://"):
         try:
@@ -237,7 +238,7 @@ def _put_back(policy: Policy, record: dict[str, Any]) -> str:
 
 
 def _explain(policy: Policy, args: argparse.Namespace, out, err) -> int:
-    from .liveness.explain import explain_lock, render, to_json
+    from .commands.explain import explain_lock, render, to_json
     from .wiring import build_liveness, build_stores, store_checkers, utc_now
 
     try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .config import Policy
+from .policy import Policy
 from .durations import format_duration
 from .models import Action, Decision, Flag, Liveness, LivenessFact, LockRecord
 

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from .audit import AUDIT_SCHEMA
-from .config import Policy
+from .policy import Policy
 from .decision import decide
 from .models import Action, DeleteResult, DeleteStatus, Flag, LivenessFact, LockRecord, Outcome
 from .pairing import PairIndex, Target

@@ -118,7 +118,7 @@ class RunReport(BaseModel):
     locks: list[LockEntry] = Field(default_factory=list)
     alerts: list[AlertResult] = Field(default_factory=list)
     summary: Summary = Field(default_factory=Summary)
-    # CI/AWS calls the liveness checkers made (reaper.liveness.http.ApiCounter.to_dict)
+    # CI/AWS calls the liveness checkers made (reaper.http.client.ApiCounter.to_dict)
     liveness_api_calls: dict[str, Any] = Field(default_factory=dict)
 
     # ----- derived -------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .config import load_policy
+from .policy import load_policy
 
 # The stack copies the operators' policy file to the asset root (/var/task/policy.yaml).
 DEFAULT_POLICY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "policy.yaml")

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from .config import Policy
+from . import aws
+from .policy import Policy
 from .engine import Progress, Reaper
 from .ports import AlertSink, AuditSink, LockStore
 
@@ -19,15 +20,7 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _client(service: str, region: str | None = None) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    cfg = Config(retries={"mode": "adaptive", "max_attempts": 8}, connect_timeout=5, read_timeout=20)
-    return boto3.client(service, region_name=region, config=cfg)
-
-
-def build_stores(policy: Policy, client_factory: Callable[..., Any] = _client, **http_kw: Any) -> list[LockStore]:
+def build_stores(policy: Policy, client_factory: Callable[..., Any] = aws.client, **http_kw: Any) -> list[LockStore]:
     from .stores.dynamodb import DynamoDBLockStore
     from .stores.s3 import S3LockFileStore
 
@@ -46,12 +39,12 @@ def build_stores(policy: Policy, client_factory: Callable[..., Any] = _client, *
 
 def _http_store(policy: Policy, sc: Any, client_factory: Callable[..., Any], *, pool: Any = None,
                 env: Any = None, secrets: Any = None, sleep: Callable[[float], None] | None = None) -> LockStore:
-    """An HCP Terraform or GitLab state store on the shared urllib3 JSON client (reaper.liveness.http)."""
+    """An HCP Terraform or GitLab state store on the shared urllib3 JSON client (reaper.http.client)."""
     import os
     import time
 
-    from .liveness.http import JsonApi, new_pool
-    from .liveness.tokens import SecretsSource, StaticToken, github_header
+    from .http.client import JsonApi, new_pool
+    from .http.tokens import SecretsSource, StaticToken, github_header
     from .stores.gitlab_state import GitLabStateStore
     from .stores.hcp import HCPWorkspaceStore
 
@@ -78,7 +71,7 @@ def store_checkers(policy: Policy, stores: list[LockStore]) -> list[Any]:
     return [HCPRunChecker(s, s.grace) for s in stores if isinstance(s, HCPWorkspaceStore)]
 
 
-def build_audit(policy: Policy, client_factory: Callable[..., Any] = _client) -> AuditSink | None:
+def build_audit(policy: Policy, client_factory: Callable[..., Any] = aws.client) -> AuditSink | None:
     from .audit import LocalDirAuditSink, S3AuditSink, TeeAuditSink
 
     sinks: list[Any] = []
@@ -91,7 +84,7 @@ def build_audit(policy: Policy, client_factory: Callable[..., Any] = _client) ->
     return sinks[0] if len(sinks) == 1 else TeeAuditSink(*sinks)
 
 
-def build_alerts(policy: Policy, metrics: Any = None, client_factory: Callable[..., Any] = _client) -> list[AlertSink]:
+def build_alerts(policy: Policy, metrics: Any = None, client_factory: Callable[..., Any] = aws.client) -> list[AlertSink]:
     from .alerts import EventBridgeAlertSink, MetricsAlertSink, SnsAlertSink
 
     sinks: list[AlertSink] = []
@@ -106,7 +99,7 @@ def build_alerts(policy: Policy, metrics: Any = None, client_factory: Callable[.
     return sinks
 
 
-def build_liveness(policy: Policy, client_factory: Callable[..., Any] = _client, **kw: Any) -> Any:
+def build_liveness(policy: Policy, client_factory: Callable[..., Any] = aws.client, **kw: Any) -> Any:
     """The composite liveness checker (claims, GitHub, GitLab, state activity) for one run."""
     from .liveness.build import build_liveness as _build
 
@@ -117,7 +110,7 @@ def build_reaper(
     policy: Policy,
     metrics: Any = None,
     progress: Progress | None = None,
-    client_factory: Callable[..., Any] = _client,
+    client_factory: Callable[..., Any] = aws.client,
     clock: Callable[[], datetime] = utc_now,
     liveness: Any = None,
 ) -> Reaper:

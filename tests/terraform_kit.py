@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from devtools.terraform import LOCK_ERROR, HeldApply, TerraformWorkdir, cached_terraform_1_0_3, get_item, terraform_on_path
-from reaper.config import load_policy
+from reaper.policy import load_policy
 from reaper.wiring import build_reaper
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from reaper.cli import main
-from reaper.config import ConfigError, Policy, load_policy, parse_policy
+from reaper.policy import ConfigError, Policy, load_policy, parse_policy
 from reaper.durations import format_duration, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from devtools.locks import info_json, lock_item
-from reaper.config import Policy
+from reaper.policy import Policy
 from reaper.decision import decide
 from reaper.models import Action, Flag, Liveness, LivenessFact, LockRecord
 from reaper.stores.dynamo_items import item_to_record

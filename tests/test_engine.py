@@ -14,7 +14,7 @@ import pytest
 from devtools.locks import digest_item, info_json, lock_item
 from reaper.alerts import DETAIL_TYPE_REAPED, EventBridgeAlertSink, MetricsAlertSink, SnsAlertSink
 from reaper.audit import LocalDirAuditSink
-from reaper.config import Policy
+from reaper.policy import Policy
 from reaper.engine import Reaper
 from reaper.models import Liveness, LivenessFact, LockRecord, Outcome
 from reaper.ports import StoreError

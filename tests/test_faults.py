@@ -38,7 +38,7 @@ from devtools.locks import LOCK_TABLE_SCHEMA, digest_item, info_json, lock_item
 from faults import BotoFault, FaultProxy, ok_response
 from reaper.alerts import EventBridgeAlertSink, MetricsAlertSink, SnsAlertSink
 from reaper.audit import S3AuditSink
-from reaper.config import Policy
+from reaper.policy import Policy
 from reaper.engine import Reaper
 from reaper.models import Liveness, LivenessFact, LockRecord, Outcome
 from reaper.report import METRICS, RunReport
@@ -630,7 +630,7 @@ def fake_ci() -> Iterator[Any]:
 def ci_run(world: World, fake: Any, sleeps: list[float] | None = None) -> tuple[RunReport, dict[str, float]]:
     pytest.importorskip("reaper.liveness.build")
     from reaper.liveness.build import build_liveness
-    from reaper.liveness.http import EtagCache
+    from reaper.http.client import EtagCache
 
     policy = ci_policy(fake)
     checker = build_liveness(policy, lambda service, region=None: world.client(service),

@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from reaper.alerts import sns_message
-from reaper.config import Policy
+from reaper.policy import Policy
 from reaper.engine import Reaper
 from reaper.models import Liveness, LivenessFact, LockRecord, Outcome
 from reaper.stores.memory import InMemoryLockStore

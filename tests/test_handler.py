@@ -138,7 +138,7 @@ def test_invalid_mode_is_rejected_clearly(lambda_env, event: dict[str, Any], cap
 
 
 def test_bad_policy_fails_the_invocation(lambda_env, capsys: pytest.CaptureFixture[str]) -> None:
-    from reaper.config import ConfigError
+    from reaper.policy import ConfigError
     from reaper.handler import lambda_handler
 
     lambda_env["policy"].write_text("mode: sometimes\n")

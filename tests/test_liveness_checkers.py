@@ -16,13 +16,13 @@ import pytest
 
 from devtools.fake_ci import FakeCI, rate_limited
 from devtools.locks import create_claims_table, info_json
-from reaper.config import parse_policy
+from reaper.policy import parse_policy
 from reaper.decision import decide
 from reaper.liveness.build import build_liveness
 from reaper.liveness.claims import Claim, ClaimStore
 from reaper.liveness.composite import CompositeChecker
 from reaper.liveness.facts import alive as alive_fact
-from reaper.liveness.http import EtagCache
+from reaper.http.client import EtagCache
 from reaper.liveness.state_activity import StateActivityChecker
 from reaper.models import Action, Flag, Liveness, LockInfo, LockRecord
 

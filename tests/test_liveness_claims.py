@@ -12,7 +12,7 @@ import pytest
 
 from devtools.locks import create_claims_table
 from reaper.cli import main
-from reaper.liveness import claim_cli
+from reaper.commands import claim as claim_cli
 from reaper.liveness.claims import (
     TTL_ATTRIBUTE,
     Claim,
@@ -168,7 +168,7 @@ def test_latest_claim_before_created(table) -> None:
 
 
 def test_latest_is_memoised_per_run(table) -> None:
-    from reaper.liveness.http import ApiCounter
+    from reaper.http.client import ApiCounter
 
     counter = ApiCounter()
     store = ClaimStore(table, "claims", counter)

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from reaper.config import ConfigError, parse_policy
+from reaper.policy import ConfigError, parse_policy
 
 
 def problems(text: str, env: dict[str, str] | None = None) -> list[str]:

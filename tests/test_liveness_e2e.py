@@ -25,7 +25,7 @@ import pytest
 from devtools.fake_ci import FakeCI
 from devtools.locks import create_claims_table, create_lock_table, digest_item, info_json, lock_item
 from reaper.cli import main
-from reaper.liveness import claim_cli
+from reaper.commands import claim as claim_cli
 from reaper.models import parse_created
 
 pytestmark = pytest.mark.e2e
@@ -198,7 +198,7 @@ def test_explain_shows_the_chain(world) -> None:
 @pytest.mark.terraform
 def test_real_terraform_lock_joined_to_its_claim(world, tmp_path: Path) -> None:
     from devtools.terraform import S3Backend, TerraformWorkdir
-    from reaper.config import load_policy
+    from reaper.policy import load_policy
     from reaper.liveness.identity import terraform_who
     from reaper.wiring import build_reaper
     from terraform_kit import require_terraform

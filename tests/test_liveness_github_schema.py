@@ -89,7 +89,7 @@ def fake():
 
 
 def fetch(fake: FakeCI, path: str) -> Any:
-    from reaper.liveness.http import EtagCache, JsonApi, new_pool
+    from reaper.http.client import EtagCache, JsonApi, new_pool
 
     api = JsonApi("github", fake.github_api, new_pool(), lambda: {"Authorization": f"Bearer {next(iter(fake.github_tokens))}"},
                   etags=EtagCache())

@@ -9,7 +9,7 @@ import pytest
 
 from devtools.fake_ci import FakeCI, rate_limited
 from reaper.liveness.github import GITHUB_HEADERS
-from reaper.liveness.http import ApiCounter, ApiError, EtagCache, JsonApi, RateLimited, UnexpectedShape, new_pool, next_link
+from reaper.http.client import ApiCounter, ApiError, EtagCache, JsonApi, RateLimited, UnexpectedShape, new_pool, next_link
 
 GH_TOKEN = "ghp_fakeTokenForTests0000000000000000"
 GL_TOKEN = "glpat-fakeTokenForTests00"

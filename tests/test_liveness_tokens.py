@@ -14,13 +14,13 @@ import pytest
 
 from devtools.fake_ci import FakeCI
 from devtools.locks import create_claims_table, info_json
-from reaper.config import parse_policy
+from reaper.policy import parse_policy
 from reaper.engine import Reaper
 from reaper.liveness.build import build_liveness
 from reaper.liveness.claims import Claim, ClaimStore
 from reaper.liveness.github import GITHUB_HEADERS
-from reaper.liveness.http import AuthError, EtagCache, JsonApi, new_pool
-from reaper.liveness.tokens import GitHubAppToken, SecretsSource, StaticToken, app_jwt, github_header
+from reaper.http.client import AuthError, EtagCache, JsonApi, new_pool
+from reaper.http.tokens import GitHubAppToken, SecretsSource, StaticToken, app_jwt, github_header
 from reaper.models import LockInfo
 from reaper.stores.memory import InMemoryLockStore
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from reaper.cli import main
-from reaper.config import ConfigError, load_policy, parse_policy
+from reaper.policy import ConfigError, load_policy, parse_policy
 
 STORE = "stores:\n  - {type: dynamodb, table: locks}\n"
 

@@ -16,7 +16,7 @@ import pytest
 
 from devtools.locks import create_lock_table, digest_item, info_json, lock_item
 from reaper.audit import LocalDirAuditSink
-from reaper.config import Policy
+from reaper.policy import Policy
 from reaper.engine import Reaper
 from reaper.models import LockRecord, Outcome
 from reaper.stores.dynamodb import DynamoDBLockStore

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from devtools.locks import info_json, lock_id
-from reaper.config import Policy
+from reaper.policy import Policy
 from reaper.engine import Reaper
 from reaper.models import DeleteResult, Liveness, LivenessFact, LockRecord, Outcome
 

@@ -45,12 +45,12 @@ import yaml
 
 from devtools.fake_ci import FakeCI
 from devtools.locks import create_claims_table, info_json
-from reaper.config import ConfigError, parse_policy
+from reaper.policy import ConfigError, parse_policy
 from reaper.decision import decide
 from reaper.liveness.build import build_liveness
 from reaper.liveness.claims import Claim, ClaimStore
 from reaper.liveness.composite import CompositeChecker
-from reaper.liveness.http import EtagCache
+from reaper.http.client import EtagCache
 from reaper.models import Action, Liveness, LockInfo, LockRecord
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
@@ -507,7 +507,7 @@ def test_the_completed_runs_lookup_respects_the_call_budget(fake: FakeCI, aws) -
 
 
 def test_completed_runs_are_listed_once_per_repo_per_run_and_revalidated_by_etag(aws) -> None:
-    from reaper.liveness.http import EtagCache
+    from reaper.http.client import EtagCache
 
     with FakeCI(github_token=GH_TOKEN, gitlab_token=GL_TOKEN) as fake:
         policy = make_policy(fake, mapping={"github_repos": ["acme/infra"]})

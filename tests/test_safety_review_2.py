@@ -34,7 +34,7 @@ import yaml
 from ci_api import CiApi
 from devtools.locks import create_claims_table, create_lock_table, lock_item
 from reaper.cli import main
-from reaper.liveness import claim_cli
+from reaper.commands import claim as claim_cli
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from devtools.fake_gitlab import DEVELOPER, FakeGitLab
-from reaper.config import Policy, parse_policy
+from reaper.policy import Policy, parse_policy
 from reaper.engine import Reaper
 from reaper.models import LivenessFact, LockRecord, Outcome
 from reaper.stores.gitlab_state import PROBE_PREFIX, GitLabStateStore

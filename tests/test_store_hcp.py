@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from devtools.fake_hcp import FakeHCP
-from reaper.config import Policy, parse_policy
+from reaper.policy import Policy, parse_policy
 from reaper.engine import Reaper
 from reaper.liveness.composite import CompositeChecker
 from reaper.models import Liveness, Outcome

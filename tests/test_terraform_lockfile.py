@@ -29,7 +29,7 @@ import pytest
 from devtools.locks import create_lock_table
 from devtools.terraform import LOCK_ERROR, S3Backend, TerraformWorkdir, terraform_on_path
 from reaper.audit import LocalDirAuditSink
-from reaper.config import parse_policy
+from reaper.policy import parse_policy
 from reaper.engine import Reaper
 from reaper.models import Outcome, parse_created
 from reaper.wiring import build_stores

@@ -31,7 +31,7 @@ import pytest
 
 from devtools.locks import create_lock_table
 from devtools.terraform import LOCK_ERROR, S3Backend, TerraformWorkdir, get_item
-from reaper.config import load_policy
+from reaper.policy import load_policy
 from reaper.engine import Reaper
 from reaper.models import Liveness, LivenessFact, LockRecord, parse_created
 from reaper.wiring import build_audit, build_stores

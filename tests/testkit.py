@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from reaper.config import Policy
+from reaper.policy import Policy
 from reaper.models import DeleteResult, LockRecord
 
 

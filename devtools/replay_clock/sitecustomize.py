@@ -7,7 +7,7 @@ claims are written by the real command, in the job's own environment, the demo r
 ``python -m reaper claim`` with this directory on ``PYTHONPATH`` and
 ``DEMO_CLOCK_OFFSET`` set (seconds, negative: in the past). Python imports this
 ``sitecustomize`` at start-up; it moves only the clock the claim command reads
-(``datetime.now`` in ``reaper.liveness.claim_cli``), so the claim is stamped with
+(``datetime.now`` in ``reaper.commands.claim``), so the claim is stamped with
 the time the job ran. Nothing else changes: the claim goes through the same code,
 the same DynamoDB ``PutItem``. The reaper itself (scan, reap, explain) always runs
 with the real clock, and without this directory on its path.
@@ -28,8 +28,8 @@ if _offset:
         def now(cls, tz=None):  # type: ignore[override]
             return _datetime.now(tz) + _delta
 
-    from reaper.liveness import claim_cli as _claim_cli
+    from reaper.commands import claim as _claim_cli
 
     if getattr(_claim_cli, "datetime", None) is not _datetime:
-        raise RuntimeError("devtools/replay_clock: reaper.liveness.claim_cli no longer reads datetime.now; update the demo")
+        raise RuntimeError("devtools/replay_clock: reaper.commands.claim no longer reads datetime.now; update the demo")
     _claim_cli.datetime = _ReplayedDatetime

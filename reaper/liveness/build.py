@@ -16,10 +16,10 @@ from .claims import ClaimStore
 from .composite import ClaimsChecker, CompositeChecker
 from .github import GITHUB_HEADERS, GitHubApi, GitHubClaimVerifier, GitHubReposChecker, GitHubRunnersChecker
 from .gitlab import GitLabApi, GitLabClaimVerifier, GitLabJobsChecker
-from .http import ApiCounter, EtagCache, JsonApi, new_pool
-from .settings import GitHubProvider, GitLabProvider
+from ..http.client import ApiCounter, EtagCache, JsonApi, new_pool
+from ..policy.liveness import GitHubProvider, GitLabProvider
 from .state_activity import StateActivityChecker
-from .tokens import GitHubAppToken, SecretsSource, StaticToken, github_header, gitlab_header
+from ..http.tokens import GitHubAppToken, SecretsSource, StaticToken, github_header, gitlab_header
 
 
 def build_liveness(

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from ..durations import format_duration
 from ..models import Evidence, Liveness, LivenessFact, parse_created
-from .http import ApiError
+from ..http.client import ApiError
 
 T = TypeVar("T")
 

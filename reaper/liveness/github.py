@@ -48,7 +48,7 @@ from .facts import (
     ts,
     unknown,
 )
-from .http import ApiError, JsonApi
+from ..http.client import ApiError, JsonApi
 from .identity import OWN_EVIDENCE_STORES, parse_who
 
 GITHUB_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}

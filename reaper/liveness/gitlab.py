@@ -43,7 +43,7 @@ from .facts import (
     ts,
     unknown,
 )
-from .http import ApiError, JsonApi
+from ..http.client import ApiError, JsonApi
 from .identity import OWN_EVIDENCE_STORES, parse_who
 
 DOCKER_RUNNER_HOSTS = ["runner-*-project-*-concurrent-*"]  # what a provider sets in runner_hosts to opt in

@@ -14,9 +14,9 @@ import logging
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from ..liveness.http import ApiError, JsonApi
+from ..http.client import ApiError, JsonApi
 from ..models import LockRecord
-from ..policy_types import url_host
+from ..policy.types import url_host
 from ..ports import StoreError
 
 

@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 import urllib3
 
-from ..liveness.http import ApiError, JsonApi, RateLimited
+from ..http.client import ApiError, JsonApi, RateLimited
 from ..models import DeleteResult, DeleteStatus, LockInfo, LockRecord, parse_created
 from .api_store import ApiLockStore
 

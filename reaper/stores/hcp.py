@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 from ..durations import format_duration
 from ..liveness.facts import alive, dead, ev, from_error, ts, unknown
-from ..liveness.http import ApiError, JsonApi
+from ..http.client import ApiError, JsonApi
 from ..models import DeleteResult, DeleteStatus, LivenessFact, LockInfo, LockRecord
 from .api_store import ApiLockStore
 

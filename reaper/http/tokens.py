@@ -25,9 +25,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..models import parse_created
-from .http import AuthError, JsonApi
+from .client import AuthError, JsonApi
 
-log = logging.getLogger("reaper.liveness.tokens")
+log = logging.getLogger("reaper.http.tokens")
 
 
 def _b64url(data: bytes) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from ..decision import decide
 from ..durations import format_duration
 from ..models import LockRecord
-from .composite import CompositeChecker, Detailed
+from ..liveness.composite import CompositeChecker, Detailed
 
 
 def find_locks(stores: list[Any], lock_path: str) -> tuple[list[LockRecord], list[str]]:

@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import urllib3
 
-log = logging.getLogger("reaper.liveness.http")
+log = logging.getLogger("reaper.http.client")
 
 USER_AGENT = "lock-reaper (+liveness)"
 

@@ -1,6 +1,6 @@
 """The policy's ``liveness`` section and the per-rule ``liveness`` mapping.
 
-Pure pydantic models (no I/O); ``reaper.config`` embeds them in ``Policy`` and
+Pure pydantic models (no I/O); ``reaper.policy`` embeds them in ``Policy`` and
 ``Rule`` so they are validated with the rest of the file (field + line errors).
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from ..policy_types import Globs, Strict as _Strict, duration_type
+from .types import Globs, Strict as _Strict, duration_type
 
 Duration = duration_type("30s, 5m or 1h", "sm")
 LongDuration = duration_type("12h, 7d or 2w", "hd")

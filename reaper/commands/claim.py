@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..durations import format_duration, parse_duration
-from .claims import ClaimError, ClaimStore, claim_from_env, claim_time
-from .identity import terraform_who
+from ..liveness.claims import ClaimError, ClaimStore, claim_from_env, claim_time
+from ..liveness.identity import terraform_who
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
 
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace, out: Any, err: Any, env: Mapping[str, str] | N
            "item": claim.to_item()}
     if not args.dry_run:
         if client_factory is None:
-            from ..wiring import _client as client_factory  # noqa: N813
+            from ..aws import client as client_factory
         try:
             ClaimStore(client_factory("dynamodb", args.region), table).put(claim)
         except Exception as exc:

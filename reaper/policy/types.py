@@ -1,4 +1,4 @@
-"""Field types the policy models share (``reaper.config`` and ``reaper.liveness.settings``).
+"""Field types the policy models share (``reaper.policy`` and ``reaper.policy.liveness``).
 
 Pure pydantic (no I/O): durations written as text (``90m``, ``6h``, ``2d``),
 lists of globs that may be written as one string, Terraform operation names, plus
@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
-from .durations import format_duration, parse_duration
+from ..durations import format_duration, parse_duration
 
 
 class Strict(BaseModel):

@@ -1,0 +1,1 @@
+"""HTTP JSON client for the CI and state APIs (urllib3), and their tokens."""
