@@ -1,16 +1,30 @@
 """Small ports (typing.Protocol) between the engine and the outside world.
 
-Adapters get their clients through their constructors; the engine only sees
-these shapes, so tests pass fakes and the Lambda passes boto3-backed ones.
+Adapters get their clients through their constructors; the engine and the
+composite checker only see these shapes, and rely on nothing that is not
+declared here: no ``getattr`` or ``hasattr`` on a port object. Tests pass fakes,
+the Lambda passes boto3- and urllib3-backed ones.
+
+- ``LockStore``: where locks live, with its declared ``StoreTraits``.
+- ``LivenessChecker``: what the engine asks about a candidate (the composite).
+- ``Checker``: one kind of evidence inside the composite.
+- ``ClaimVerifier``: asks a claim's CI provider about the claimed job.
+- ``AuditSink``: the durable record written before a delete.
+- ``AlertSink``: told about a finished run, in the order of its ``order``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .models import DeleteResult, LivenessFact, LockRecord
+
+if TYPE_CHECKING:  # the report and the claim are only named in signatures
+    from .liveness.claims import Claim
+    from .report import RunReport
 
 Clock = Callable[[], datetime]
 
@@ -23,11 +37,35 @@ class ItemError(Exception):
     """One item could not be read; the scan goes on."""
 
 
+class RestoreConflict(Exception):
+    """A lock already exists where the restore would write; nothing was written."""
+
+
+@dataclass(frozen=True)
+class StoreTraits:
+    """What the engine and the checkers need to know about a store, declared by the store.
+
+    - ``pair_first``: scanned first and only indexed, so that a lock held in two stores
+      (double locking: an S3 lock file and a DynamoDB item) is one candidate;
+    - ``restorable``: ``restore`` can put a reaped lock back (False for HCP Terraform
+      and GitLab, whose APIs cannot re-create another client's lock);
+    - ``restore_note``: what the audit record says instead, when not restorable;
+    - ``own_evidence``: only the store's own checker may judge its locks (an HCP
+      Terraform lock is held by a run or a user, never by a CI hostname or mapping).
+    """
+
+    pair_first: bool = False
+    restorable: bool = True
+    restore_note: str = ""
+    own_evidence: bool = False
+
+
 @runtime_checkable
 class LockStore(Protocol):
     """Where locks live. ``name`` is how reports and audit records name it."""
 
     name: str
+    traits: StoreTraits
 
     def validate(self) -> None:
         """Raise StoreError if this store is not usable as a lock store."""
@@ -48,15 +86,37 @@ class LockStore(Protocol):
         """Counters of the last scan, e.g. {"items": N, "digests": M}."""
 
 
-class RestoreConflict(Exception):
-    """A lock already exists where the restore would write; nothing was written."""
+@runtime_checkable
+class LivenessChecker(Protocol):
+    """Answers alive / dead / unknown, with evidence, for one candidate lock (the engine's view)."""
+
+    def check(self, lock: LockRecord, now: datetime) -> LivenessFact: ...
+
+    def stats(self) -> dict[str, Any]:
+        """API calls made so far (per kind and status), for the run report."""
 
 
 @runtime_checkable
-class LivenessChecker(Protocol):
-    """Answers alive / dead / unknown, with evidence, for one candidate lock."""
+class Checker(Protocol):
+    """One kind of evidence inside the composite checker."""
 
-    def check(self, lock: LockRecord, now: datetime) -> LivenessFact: ...
+    name: str
+
+    def applies(self, lock: LockRecord) -> bool:
+        """False when this evidence says nothing about the lock (it is then skipped, not asked)."""
+
+    def check(self, lock: LockRecord, now: datetime) -> LivenessFact | None:
+        """The answer, or None when it turns out not to apply."""
+
+
+@runtime_checkable
+class ClaimVerifier(Protocol):
+    """Asks one CI provider (``provider_type`` "github" or "gitlab") about a claimed job."""
+
+    source: str
+    provider_type: str
+
+    def verify(self, claim: Claim, lock: LockRecord, now: datetime) -> LivenessFact: ...
 
 
 @runtime_checkable
@@ -69,11 +129,17 @@ class AuditSink(Protocol):
     def read(self, ref: str) -> dict[str, Any]: ...
 
 
+# AlertSink.order: sinks are told in ascending order; the metrics sink goes last, so that its
+# Errors count includes the alerts that failed before it.
+ORDER_NOTIFY, ORDER_METRICS = 10, 100
+
+
 @runtime_checkable
 class AlertSink(Protocol):
     """Told about a finished run; decides itself whether there is anything to say."""
 
     name: str
+    order: int
 
-    def publish(self, report: Any) -> str | None:
+    def publish(self, report: RunReport) -> str | None:
         """Return a short description of what was sent, or None if nothing was."""
