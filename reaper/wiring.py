@@ -43,7 +43,7 @@ def _http_store(policy: Policy, sc: Any, client_factory: Callable[..., Any], *, 
     import os
     import time
 
-    from .http.client import JsonApi, new_pool
+    from .http.client import HttpLimits, JsonApi, new_pool
     from .http.tokens import SecretsSource, StaticToken, github_header
     from .stores.gitlab_state import GitLabStateStore
     from .stores.hcp import HCPWorkspaceStore
@@ -54,10 +54,9 @@ def _http_store(policy: Policy, sc: Any, client_factory: Callable[..., Any], *, 
                        secrets=secrets or SecretsSource(client_factory=client_factory))
     api = JsonApi(
         sc.name, sc.base_url, pool or new_pool(ca_bundle=getattr(http, "ca_bundle", None)), auth,
-        extra_headers={"Accept": "application/vnd.api+json"} if sc.type == "hcp" else None,
-        timeout=sc.timeout.total_seconds(), max_retry_wait=sc.max_retry_wait.total_seconds(),
         # HCP Terraform reports X-RateLimit-Remaining per second (30): only 0 means wait
-        rate_limit_reserve=0 if sc.type == "hcp" else 10, max_calls=100000, sleep=sleep or time.sleep,
+        limits=HttpLimits.for_store(sc, rate_limit_reserve=0 if sc.type == "hcp" else 10, max_calls=100000),
+        extra_headers={"Accept": "application/vnd.api+json"} if sc.type == "hcp" else None, sleep=sleep or time.sleep,
     )
     if sc.type == "hcp":
         return HCPWorkspaceStore(api, list(sc.organizations), page_size=sc.page_size, grace=sc.grace)

@@ -89,10 +89,10 @@ def fake():
 
 
 def fetch(fake: FakeCI, path: str) -> Any:
-    from reaper.http.client import EtagCache, JsonApi, new_pool
+    from reaper.http.client import EtagCache, HttpLimits, JsonApi, new_pool
 
     api = JsonApi("github", fake.github_api, new_pool(), lambda: {"Authorization": f"Bearer {next(iter(fake.github_tokens))}"},
-                  etags=EtagCache())
+                  limits=HttpLimits(), etags=EtagCache())
     return api.get(path, kind="schema").body
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from devtools.fake_ci import FakeCI, rate_limited
 from reaper.liveness.github import GITHUB_HEADERS
-from reaper.http.client import ApiCounter, ApiError, EtagCache, JsonApi, RateLimited, UnexpectedShape, new_pool, next_link
+from reaper.http.client import (ApiCounter, ApiError, EtagCache, HttpLimits, JsonApi, RateLimited, UnexpectedShape, new_pool,
+                                next_link)
 
 GH_TOKEN = "ghp_fakeTokenForTests0000000000000000"
 GL_TOKEN = "glpat-fakeTokenForTests00"
@@ -22,7 +23,15 @@ def fake():
         yield f
 
 
+def _limits(kw: dict) -> dict:
+    """``kw`` with its HttpLimits fields (max_pages=2, ...) gathered into ``limits``."""
+    fields = ("timeout", "max_retry_wait", "rate_limit_reserve", "max_calls", "max_pages")
+    kw["limits"] = HttpLimits(**{k: kw.pop(k) for k in fields if k in kw})
+    return kw
+
+
 def gh_api(fake: FakeCI, **kw) -> JsonApi:
+    _limits(kw)
     kw.setdefault("etags", EtagCache())
     kw.setdefault("counter", ApiCounter())
     kw.setdefault("sleep", lambda s: None)
@@ -31,6 +40,7 @@ def gh_api(fake: FakeCI, **kw) -> JsonApi:
 
 
 def gl_api(fake: FakeCI, **kw) -> JsonApi:
+    _limits(kw)
     kw.setdefault("etags", EtagCache())
     kw.setdefault("counter", ApiCounter())
     return JsonApi("gitlab", fake.gitlab_api, new_pool(), lambda: {"PRIVATE-TOKEN": GL_TOKEN}, **kw)
@@ -90,7 +100,8 @@ def test_etag_cache_is_per_token(fake: FakeCI) -> None:
     fake.github_tokens.add("other-token")
     etags = EtagCache()
     gh_api(fake, etags=etags).get("orgs/acme/actions/runners", kind="runners")
-    other = JsonApi("github", fake.github_api, new_pool(), lambda: {"Authorization": "Bearer other-token"}, etags=etags)
+    other = JsonApi("github", fake.github_api, new_pool(), lambda: {"Authorization": "Bearer other-token"},
+                    limits=HttpLimits(), etags=etags)
     assert other.get("orgs/acme/actions/runners", kind="runners").status == 200  # not the first token's 304
 
 
@@ -126,7 +137,7 @@ def test_primary_rate_limit_exhausted(fake: FakeCI) -> None:
     api = gh_api(fake)
     with pytest.raises(RateLimited):
         api.get("repos/acme/infra/actions/runs", kind="runs")
-    assert api.paused_until is not None and api.paused_until >= reset - 1
+    assert api.gate.paused_until is not None and api.gate.paused_until >= reset - 1
 
 
 def test_low_remaining_pauses_before_the_limit(fake: FakeCI) -> None:
@@ -153,7 +164,8 @@ def test_503_is_retried_once(fake: FakeCI) -> None:
 
 
 def test_bad_token_is_401(fake: FakeCI) -> None:
-    api = JsonApi("github", fake.github_api, new_pool(), lambda: {"Authorization": "Bearer wrong"}, etags=EtagCache())
+    api = JsonApi("github", fake.github_api, new_pool(), lambda: {"Authorization": "Bearer wrong"},
+                  limits=HttpLimits(), etags=EtagCache())
     with pytest.raises(ApiError, match="401"):
         api.get("orgs/acme/actions/runners", kind="runners")
 
@@ -206,7 +218,7 @@ def test_get_object_refuses_a_list(fake: FakeCI) -> None:
 
 
 def test_connection_refused(fake: FakeCI) -> None:
-    api = JsonApi("github", "http://127.0.0.1:9/api/v3", new_pool(), None, etags=EtagCache(), timeout=1)
+    api = JsonApi("github", "http://127.0.0.1:9/api/v3", new_pool(), None, limits=HttpLimits(timeout=1), etags=EtagCache())
     with pytest.raises(ApiError, match="failed|timed out"):
         api.get("orgs/acme/actions/runners", kind="runners")
 
@@ -232,7 +244,7 @@ def test_auth_failure_does_not_echo_the_exception() -> None:
     def boom() -> dict[str, str]:
         raise RuntimeError("secret value s3cr3t-do-not-print")
 
-    api = JsonApi("github", "http://127.0.0.1:9/api/v3", new_pool(), boom, etags=EtagCache())
+    api = JsonApi("github", "http://127.0.0.1:9/api/v3", new_pool(), boom, limits=HttpLimits(), etags=EtagCache())
     with pytest.raises(ApiError) as exc_info:
         api.get("x", kind="x")
     assert "s3cr3t" not in str(exc_info.value) and "credentials" in str(exc_info.value)

@@ -19,7 +19,7 @@ from reaper.engine import Reaper
 from reaper.liveness.build import build_liveness
 from reaper.liveness.claims import Claim, ClaimStore
 from reaper.liveness.github import GITHUB_HEADERS
-from reaper.http.client import AuthError, EtagCache, JsonApi, new_pool
+from reaper.http.client import AuthError, EtagCache, HttpLimits, JsonApi, new_pool
 from reaper.http.tokens import GitHubAppToken, SecretsSource, StaticToken, app_jwt, github_header
 from reaper.models import LockInfo
 from reaper.stores.memory import InMemoryLockStore
@@ -92,9 +92,11 @@ def test_installation_token_exchange_and_cache(app_key) -> None:
     with FakeCI(app_id="12345", app_public_key=_public(key)) as fake:
         fake.add_github_runner("org:acme", "r1")
         secrets = SecretsSource(DictSecrets({"app-key": json.dumps({"private_key": pkcs1})}))
-        token_api = JsonApi("github", fake.github_api, new_pool(), None, extra_headers=GITHUB_HEADERS, etags=EtagCache())
+        token_api = JsonApi("github", fake.github_api, new_pool(), None, limits=HttpLimits(), extra_headers=GITHUB_HEADERS,
+                            etags=EtagCache())
         auth = GitHubAppToken(token_api, "12345", 678, "app-key", secrets)
-        api = JsonApi("github", fake.github_api, new_pool(), auth, extra_headers=GITHUB_HEADERS, etags=EtagCache())
+        api = JsonApi("github", fake.github_api, new_pool(), auth, limits=HttpLimits(), extra_headers=GITHUB_HEADERS,
+                      etags=EtagCache())
         assert api.get("orgs/acme/actions/runners", kind="runners").status == 200
         assert api.get("orgs/acme/actions/runners", kind="runners").status in (200, 304)
         assert fake.count("access_tokens", method="POST") == 1, "the installation token is cached"
@@ -110,7 +112,7 @@ def test_installation_token_with_the_wrong_key_is_refused(app_key) -> None:
     other = crsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()).decode()
     with FakeCI(app_id="12345", app_public_key=_public(key)) as fake:
-        token_api = JsonApi("github", fake.github_api, new_pool(), None, etags=EtagCache())
+        token_api = JsonApi("github", fake.github_api, new_pool(), None, limits=HttpLimits(), etags=EtagCache())
         auth = GitHubAppToken(token_api, "12345", 678, "k", SecretsSource(DictSecrets({"k": other})))
         with pytest.raises(Exception, match="401"):
             auth()

@@ -27,6 +27,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -205,6 +206,110 @@ def _remaining(headers: Mapping[str, str]) -> tuple[int | None, float | None]:
     return r, t
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """How long, how often and how much one provider's API may be called in one run (seconds, counts)."""
+
+    timeout: float = 10.0
+    max_retry_wait: float = 10.0  # the longest Retry-After waited for (once); longer pauses the provider
+    rate_limit_reserve: int = 100  # pause the provider when this few calls remain
+    max_calls: int = 1000
+    max_pages: int = 10
+
+    @classmethod
+    def from_policy(cls, http_cfg: Any, timeout_override: timedelta | float | None = None) -> HttpLimits:
+        """From the policy's ``liveness.http`` section (None: the defaults); a provider's own timeout wins."""
+        if http_cfg is None:
+            return cls(timeout=_seconds(timeout_override)) if timeout_override else cls()
+        return cls(
+            timeout=_seconds(timeout_override or http_cfg.timeout),
+            max_retry_wait=_seconds(http_cfg.max_retry_wait),
+            rate_limit_reserve=http_cfg.rate_limit_reserve,
+            max_calls=http_cfg.max_calls_per_run,
+            max_pages=http_cfg.max_pages,
+        )
+
+    @classmethod
+    def for_store(cls, store_cfg: Any, *, rate_limit_reserve: int, max_calls: int) -> HttpLimits:
+        """For an HTTP state store (HCP Terraform, GitLab): its own ``timeout`` and ``max_retry_wait``."""
+        return cls(timeout=_seconds(store_cfg.timeout), max_retry_wait=_seconds(store_cfg.max_retry_wait),
+                   rate_limit_reserve=rate_limit_reserve, max_calls=max_calls)
+
+
+def _seconds(value: timedelta | float) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+class RateGate:
+    """Whether the next call may go: the per-run budget, and the pause a rate limit imposes."""
+
+    def __init__(self, name: str, limits: HttpLimits, counter: ApiCounter, clock: Callable[[], float] = time.time):
+        self.name = name
+        self.limits = limits
+        self.counter = counter
+        self.clock = clock
+        self.calls = 0
+        self.paused_until: float | None = None
+        self.pause_reason = ""
+        self._lock = threading.Lock()
+
+    def admit(self, kind: str, url: str) -> None:
+        """Count one call, or raise (counted as skipped) if the provider is paused or the budget spent."""
+        with self._lock:
+            now = self.clock()
+            if self.paused_until is not None and now < self.paused_until:
+                self.counter.skip(kind)
+                raise RateLimited(
+                    f"{self.name} API paused for {int(self.paused_until - now)}s more: {self.pause_reason}", url=url, kind=kind
+                )
+            if self.calls >= self.limits.max_calls:
+                self.counter.skip(kind)
+                raise ApiError(f"{self.name}: the budget of {self.limits.max_calls} API calls per run is spent",
+                               url=url, kind=kind)
+            self.calls += 1
+
+    def pause(self, until: float, reason: str) -> None:
+        self.paused_until = max(self.paused_until or 0.0, until)
+        self.pause_reason = reason
+        log.warning("%s API paused until %s: %s", self.name, time.strftime("%H:%M:%SZ", time.gmtime(until)), reason)
+
+    def answered(self, status: int, headers: Mapping[str, str], *, kind: str, url: str, may_wait: bool) -> float | None:
+        """Note what an answer says of the rate limit. Not limited: None. Limited: the wait before
+        the one retry (a short Retry-After, if ``may_wait``), else pause the provider and raise."""
+        now = self.clock()
+        remaining, reset = _remaining(headers)
+        reserve = self.limits.rate_limit_reserve
+        if remaining is not None and remaining <= reserve and status < 400:
+            self.pause(reset if reset and reset > now else now + 60, f"only {remaining} calls left (reserve {reserve})")
+        if not (status == 429 or (status == 403 and (remaining == 0 or "retry-after" in headers))):
+            return None
+        wait = _retry_after(headers, now)
+        if wait is None and reset is not None:
+            wait = max(0.0, reset - now)
+        if wait is not None and wait <= self.limits.max_retry_wait and may_wait:
+            log.info("%s rate limited (%s): waiting %.1fs as Retry-After asks", self.name, status, wait)
+            return wait
+        self.pause(now + (wait if wait is not None else 60.0), f"rate limited (HTTP {status})")
+        raise RateLimited(f"{self.name} {kind}: rate limited (HTTP {status})", url=url, status=status, kind=kind)
+
+
+_RETRY_STATUSES = (502, 503, 504)  # retried once, after min(1 s, max_retry_wait)
+
+
+@dataclass
+class _Call:
+    """One prepared request: what goes on the wire, and its ETag cache entry."""
+
+    method: str
+    url: str
+    kind: str
+    headers: dict[str, str]
+    payload: bytes | None
+    key: tuple[str, str]  # the ETag cache key: (method and URL, auth fingerprint)
+    cacheable: bool  # a conditional GET: its answer's ETag is kept
+    cached: _Cached | None
+
+
 class JsonApi:
     """One provider's API (e.g. GitHub at https://api.github.com) for one run.
 
@@ -214,40 +319,27 @@ class JsonApi:
 
     def __init__(
         self,
-        provider: str,
+        name: str,
         base_url: str,
         pool: urllib3.PoolManager,
         auth: Callable[[], dict[str, str]] | None = None,
         *,
+        limits: HttpLimits,
         counter: ApiCounter | None = None,
         etags: EtagCache | None = None,
         extra_headers: Mapping[str, str] | None = None,
-        timeout: float = 10.0,
-        max_retry_wait: float = 10.0,
-        rate_limit_reserve: int = 100,
-        max_calls: int = 1000,
-        max_pages: int = 10,
         sleep: Callable[[float], None] = time.sleep,
-        wallclock: Callable[[], float] = time.time,
     ):
-        self.provider = provider
+        self.name = name
         self.base_url = base_url.rstrip("/")
         self.pool = pool
         self.auth = auth
+        self.limits = limits
         self.counter = counter or ApiCounter()
         self.etags = etags if etags is not None else SHARED_ETAGS
         self.extra_headers = dict(extra_headers or {})
-        self.timeout = timeout
-        self.max_retry_wait = max_retry_wait
-        self.rate_limit_reserve = rate_limit_reserve
-        self.max_calls = max_calls
-        self.max_pages = max_pages
         self.sleep = sleep
-        self.wallclock = wallclock
-        self.calls = 0
-        self.paused_until: float | None = None
-        self.pause_reason = ""
-        self._lock = threading.Lock()
+        self.gate = RateGate(name, limits, self.counter)
 
     # ------------------------------------------------------------------
     def url(self, path: str, params: Iterable[tuple[str, Any]] | Mapping[str, Any] | None = None) -> str:
@@ -271,26 +363,25 @@ class JsonApi:
             except ApiError:
                 raise
             except Exception as exc:  # never echo the exception text: it could quote a secret
-                raise AuthError(f"could not get the {self.provider} credentials ({type(exc).__name__})", kind=kind) from None
+                raise AuthError(f"could not get the {self.name} credentials ({type(exc).__name__})", kind=kind) from None
         if extra:
             headers.update(extra)
         return headers
 
-    def _gate(self, kind: str, url: str) -> None:
-        now = self.wallclock()
-        if self.paused_until is not None and now < self.paused_until:
-            self.counter.skip(kind)
-            raise RateLimited(
-                f"{self.provider} API paused for {int(self.paused_until - now)}s more: {self.pause_reason}", url=url, kind=kind
-            )
-        if self.calls >= self.max_calls:
-            self.counter.skip(kind)
-            raise ApiError(f"{self.provider}: the budget of {self.max_calls} API calls per run is spent", url=url, kind=kind)
-
-    def _pause(self, until: float, reason: str) -> None:
-        self.paused_until = max(self.paused_until or 0.0, until)
-        self.pause_reason = reason
-        log.warning("%s API paused until %s: %s", self.provider, time.strftime("%H:%M:%SZ", time.gmtime(until)), reason)
+    def _prepare(self, method: str, url: str, *, kind: str, headers: Mapping[str, str] | None,
+                 use_auth: bool, conditional: bool, body: Any) -> _Call:
+        self._check_same_origin(url)
+        hdrs = self._headers(kind, headers, use_auth)
+        key = (f"{method} {url}", _fingerprint(hdrs))
+        cacheable = conditional and method == "GET"
+        cached = self.etags.get(key) if cacheable else None
+        if cached is not None:
+            hdrs["If-None-Match"] = cached.etag
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            hdrs["Content-Type"] = "application/json"
+        return _Call(method, url, kind, hdrs, payload, key, cacheable, cached)
 
     def request(
         self,
@@ -304,86 +395,68 @@ class JsonApi:
         conditional: bool = True,
         body: Any = None,
     ) -> Response:
-        url = self.url(path, params)
-        self._check_same_origin(url)
-        hdrs = self._headers(kind, headers, use_auth)
-        key = (f"{method} {url}", _fingerprint(hdrs))
-        cached = self.etags.get(key) if (conditional and method == "GET") else None
-        if cached is not None:
-            hdrs["If-None-Match"] = cached.etag
-        payload = None
-        if body is not None:
-            payload = json.dumps(body).encode()
-            hdrs["Content-Type"] = "application/json"
-
+        """One call, retried at most once: after a short Retry-After, or a 502/503/504."""
+        call = self._prepare(method, self.url(path, params), kind=kind, headers=headers,
+                             use_auth=use_auth, conditional=conditional, body=body)
         retried = False
         while True:
-            with self._lock:
-                self._gate(kind, url)
-                self.calls += 1
-            try:
-                resp = self.pool.request(
-                    method,
-                    url,
-                    body=payload,
-                    headers=hdrs,
-                    timeout=urllib3.Timeout(total=self.timeout, connect=min(self.timeout, 5.0)),
-                    retries=urllib3.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=3,
-                                          respect_retry_after_header=False, raise_on_redirect=True,
-                                          remove_headers_on_redirect=_SECRET_HEADERS),
-                    preload_content=True,
-                )
-            except urllib3.exceptions.MaxRetryError as exc:
-                self.counter.call(kind, "error")
-                cause = exc.reason
-                what = "timed out" if isinstance(cause, urllib3.exceptions.TimeoutError) else f"failed ({type(cause).__name__ if cause else 'error'})"
-                raise ApiError(f"{self.provider} {kind}: request {what}", url=url, kind=kind) from None
-            except urllib3.exceptions.TimeoutError:
-                self.counter.call(kind, "timeout")
-                raise ApiError(f"{self.provider} {kind}: request timed out after {self.timeout:g}s", url=url, kind=kind) from None
-            except urllib3.exceptions.HTTPError as exc:
-                self.counter.call(kind, "error")
-                raise ApiError(f"{self.provider} {kind}: request failed ({type(exc).__name__})", url=url, kind=kind) from None
-
+            self.gate.admit(kind, call.url)
+            resp = self._send(call)
             rh = {k.lower(): v for k, v in resp.headers.items()}
-            status = resp.status
-            self.counter.call(kind, status)
-            log.debug("%s %s -> %s", method, url, status)
-            now = self.wallclock()
-            remaining, reset = _remaining(rh)
-            if remaining is not None and remaining <= self.rate_limit_reserve and status < 400:
-                self._pause(reset if reset and reset > now else now + 60, f"only {remaining} calls left (reserve {self.rate_limit_reserve})")
+            wait = self.gate.answered(resp.status, rh, kind=kind, url=call.url, may_wait=not retried)
+            if wait is None and resp.status in _RETRY_STATUSES and not retried:
+                wait = min(1.0, self.limits.max_retry_wait)
+            if wait is None:
+                return self._read(call, resp.status, rh, resp.data)
+            retried = True
+            self.sleep(wait)
 
-            if status == 304 and cached is not None:
-                return Response(status=304, body=cached.body, headers=cached.headers, url=url, from_cache=True)
+    def _send(self, call: _Call) -> Any:
+        """One HTTP exchange (counted, by status), redirects followed without the secret headers."""
+        timeout = self.limits.timeout
+        try:
+            resp = self.pool.request(
+                call.method,
+                call.url,
+                body=call.payload,
+                headers=call.headers,
+                timeout=urllib3.Timeout(total=timeout, connect=min(timeout, 5.0)),
+                retries=urllib3.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=3,
+                                      respect_retry_after_header=False, raise_on_redirect=True,
+                                      remove_headers_on_redirect=_SECRET_HEADERS),
+                preload_content=True,
+            )
+        except urllib3.exceptions.MaxRetryError as exc:
+            self.counter.call(call.kind, "error")
+            cause = exc.reason
+            what = "timed out" if isinstance(cause, urllib3.exceptions.TimeoutError) else f"failed ({type(cause).__name__ if cause else 'error'})"
+            raise ApiError(f"{self.name} {call.kind}: request {what}", url=call.url, kind=call.kind) from None
+        except urllib3.exceptions.TimeoutError:
+            self.counter.call(call.kind, "timeout")
+            raise ApiError(f"{self.name} {call.kind}: request timed out after {timeout:g}s", url=call.url, kind=call.kind) from None
+        except urllib3.exceptions.HTTPError as exc:
+            self.counter.call(call.kind, "error")
+            raise ApiError(f"{self.name} {call.kind}: request failed ({type(exc).__name__})", url=call.url, kind=call.kind) from None
+        self.counter.call(call.kind, resp.status)
+        log.debug("%s %s -> %s", call.method, call.url, resp.status)
+        return resp
 
-            limited = status == 429 or (status == 403 and (remaining == 0 or "retry-after" in rh))
-            if limited:
-                wait = _retry_after(rh, now)
-                if wait is None and reset is not None:
-                    wait = max(0.0, reset - now)
-                if wait is not None and wait <= self.max_retry_wait and not retried:
-                    retried = True
-                    log.info("%s rate limited (%s): waiting %.1fs as Retry-After asks", self.provider, status, wait)
-                    self.sleep(wait)
-                    continue
-                self._pause(now + (wait if wait is not None else 60.0), f"rate limited (HTTP {status})")
-                raise RateLimited(f"{self.provider} {kind}: rate limited (HTTP {status})", url=url, status=status, kind=kind)
-            if status in (502, 503, 504) and not retried:
-                retried = True
-                self.sleep(min(1.0, self.max_retry_wait))
-                continue
-            if status >= 400:
-                raise ApiError(f"{self.provider} {kind}: HTTP {status}{_hint(status)}", url=url, status=status, kind=kind)
-            try:
-                parsed = json.loads(resp.data.decode("utf-8")) if resp.data else None
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-                raise ApiError(f"{self.provider} {kind}: malformed JSON in the response", url=url, status=status, kind=kind) from None
-            keep = {k: v for k, v in rh.items() if k in _KEEP_HEADERS}
-            etag = rh.get("etag")
-            if etag and method == "GET" and conditional:
-                self.etags.put(key, _Cached(etag=etag, body=parsed, headers=keep))
-            return Response(status=status, body=parsed, headers=keep, url=url)
+    def _read(self, call: _Call, status: int, headers: Mapping[str, str], data: bytes | None) -> Response:
+        """The answer as a Response (a 304 from the ETag cache), or ApiError for an error status or bad JSON."""
+        if status == 304 and call.cached is not None:
+            return Response(status=304, body=call.cached.body, headers=call.cached.headers, url=call.url, from_cache=True)
+        if status >= 400:
+            raise ApiError(f"{self.name} {call.kind}: HTTP {status}{_hint(status)}", url=call.url, status=status, kind=call.kind)
+        try:
+            parsed = json.loads(data.decode("utf-8")) if data else None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise ApiError(f"{self.name} {call.kind}: malformed JSON in the response",
+                           url=call.url, status=status, kind=call.kind) from None
+        keep = {k: v for k, v in headers.items() if k in _KEEP_HEADERS}
+        etag = headers.get("etag")
+        if etag and call.cacheable:
+            self.etags.put(call.key, _Cached(etag=etag, body=parsed, headers=keep))
+        return Response(status=status, body=parsed, headers=keep, url=call.url)
 
     def get(self, path: str, *, kind: str, params: Any = None) -> Response:
         return self.request("GET", path, kind=kind, params=params)
@@ -394,7 +467,7 @@ class JsonApi:
         if isinstance(value, shape):
             return value
         raise UnexpectedShape(
-            f"{self.provider} {kind}: unexpected response shape from {url}: {what} is {describe_shape(value)}, "
+            f"{self.name} {kind}: unexpected response shape from {url}: {what} is {describe_shape(value)}, "
             f"expected {_EXPECTED.get(shape, shape.__name__)}",
             url=url, kind=kind,
         )
@@ -421,7 +494,7 @@ class JsonApi:
         pages = 0
         total: int | None = None  # what the API says the whole list holds
         while url is not None:
-            if pages >= self.max_pages:
+            if pages >= self.limits.max_pages:
                 return items, False
             resp = self.get(url, kind=kind)
             pages += 1

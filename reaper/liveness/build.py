@@ -16,7 +16,7 @@ from .claims import ClaimStore
 from .composite import ClaimsChecker, CompositeChecker
 from .github import GITHUB_HEADERS, GitHubApi, GitHubClaimVerifier, GitHubReposChecker, GitHubRunnersChecker
 from .gitlab import GitLabApi, GitLabClaimVerifier, GitLabJobsChecker
-from ..http.client import ApiCounter, EtagCache, JsonApi, new_pool
+from ..http.client import ApiCounter, EtagCache, HttpLimits, JsonApi, new_pool
 from ..policy.liveness import GitHubProvider, GitLabProvider
 from .state_activity import StateActivityChecker
 from ..http.tokens import GitHubAppToken, SecretsSource, StaticToken, github_header, gitlab_header
@@ -43,11 +43,9 @@ def build_liveness(
     skew = policy.clock_skew
 
     def api(provider: Any, extra_headers: dict[str, str] | None, auth: Any) -> JsonApi:
-        timeout = (provider.timeout or http.timeout).total_seconds()
         return JsonApi(
-            provider.label, provider.api_url, pool, auth, counter=counter, etags=etags, extra_headers=extra_headers,
-            timeout=timeout, max_retry_wait=http.max_retry_wait.total_seconds(), rate_limit_reserve=http.rate_limit_reserve,
-            max_calls=http.max_calls_per_run, max_pages=http.max_pages, sleep=sleep,
+            provider.label, provider.api_url, pool, auth, limits=HttpLimits.from_policy(http, provider.timeout),
+            counter=counter, etags=etags, extra_headers=extra_headers, sleep=sleep,
         )
 
     verifiers: dict[str, Any] = {}

@@ -258,7 +258,7 @@ class GitLabStateStore(ApiLockStore):
         try:
             resp = self.api.pool.request(
                 "POST", url, body=json.dumps(payload).encode(), headers=headers,
-                timeout=urllib3.Timeout(total=self.api.timeout, connect=min(self.api.timeout, 5.0)),
+                timeout=urllib3.Timeout(total=self.api.limits.timeout, connect=min(self.api.limits.timeout, 5.0)),
                 retries=urllib3.Retry(total=0, redirect=0, raise_on_redirect=True), preload_content=True,
             )
         except urllib3.exceptions.HTTPError as exc:
