@@ -17,13 +17,14 @@ export JSII_DEPRECATED := quiet
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TERRAFORM_1_0_3 := $(CURDIR)/$(TF_DIR)/terraform
 
-.PHONY: help deps demo test test-fast synth bench bench-record clean
+.PHONY: help deps demo test test-fast lint synth bench bench-record clean
 
 help:
 	@echo "make demo          - run Lock Reaper against a local AWS emulator with realistic locks"
 	@echo "                     (installs only the runtime and moto[server]: requirements-demo.txt)"
 	@echo "make test          - install everything (requirements-dev.txt, CDK CLI, Terraform 1.0.3), run the whole suite"
 	@echo "make test-fast     - the suite without the real-Terraform and CDK tests"
+	@echo "make lint          - ruff, mypy and import-linter (the layer contracts in pyproject.toml) over reaper/ and infra/"
 	@echo "make synth         - synthesize the CDK app offline (cdk.out/)"
 	@echo "make bench         - benchmarks, writes $(BENCH_OUT) (untracked); exits 1 if a declared target fails"
 	@echo "make bench-record  - the same benchmarks, written to the tracked bench/results.json that README quotes"
@@ -62,6 +63,12 @@ demo: $(VENV)/.demo-installed
 
 test: deps
 	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	@echo "==> ruff (style, imports), mypy (types), import-linter (layers, no circles)"
+	$(VENV)/bin/ruff check reaper infra app.py
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not terraform and not cdk"

@@ -15,9 +15,11 @@ from .errors import Problem
 from .lines import find
 from .liveness import LivenessConfig, RuleLiveness, rule_mapping_problems
 
-__all__ = ["CROSS_CHECKED", "cross_errors", "rule_warnings"]
-from .schema import CROSS_CHECKED, AuditConfig, Duration, Policy
-from .types import Globs, Operations
+from .types import DEFAULT_MIN_AGE, Duration, Globs, Operations
+
+# Set in the validation context by the loader, which runs these checks itself on the raw document;
+# without it, Policy's own validator runs them (a Policy built directly, e.g. in a test).
+CROSS_CHECKED = "cross_checked"
 
 _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
 
@@ -60,8 +62,8 @@ def cross_errors(data: Mapping[str, Any], root: yaml.Node | None) -> list[Proble
     found: list[Problem] = []
     rules = _rules(data)
     if data.get("mode") == "enforce":
-        audit = _valid(AuditConfig, data.get("audit") or {})
-        if audit is not None and not audit.enabled:
+        audit = data.get("audit") or {}
+        if isinstance(audit, dict) and not (audit.get("s3_bucket") or audit.get("local_dir")):
             found.append(Problem(find(root, ("mode",)), "audit", _NEEDS_AUDIT))
     liveness = _valid(LivenessConfig, data.get("liveness") or {})
     if liveness is not None:
@@ -101,7 +103,7 @@ def rule_warnings(data: Mapping[str, Any], root: yaml.Node | None) -> list[Probl
     """Valid but surely not what was meant: a max_age below min_age, a rule no lock can reach."""
     found: list[Problem] = []
     rules = _rules(data)
-    min_age = _valid(Duration, data.get("min_age")) if "min_age" in data else Policy.model_fields["min_age"].default
+    min_age = _valid(Duration, data.get("min_age")) if "min_age" in data else DEFAULT_MIN_AGE
     for i, rule in enumerate(rules):
         if rule.max_age is not None and min_age is not None and rule.max_age < min_age:
             m, floor = format_duration(rule.max_age), format_duration(min_age)

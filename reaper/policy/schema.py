@@ -26,12 +26,10 @@ from pydantic import (
 
 from ..durations import format_duration
 from .liveness import LivenessConfig, RuleLiveness, rule_mapping_problems
-from .types import Globs, Operations, Strict as _Strict, as_list as _as_list, duration_type, url_host
+from .checks import CROSS_CHECKED, cross_errors
+from .types import DEFAULT_MIN_AGE, Duration, Globs, Operations, Strict as _Strict, as_list as _as_list, url_host
 
-Duration = duration_type("90m, 6h or 2d", "mhd")
 
-# Set in the validation context by the loader, which runs the cross-field checks itself (reaper.policy.checks).
-CROSS_CHECKED = "cross_checked"
 
 
 class DynamoDBStoreConfig(_Strict):
@@ -178,7 +176,7 @@ class AlertsConfig(_Strict):
 class Policy(_Strict):
     mode: Literal["report", "enforce"] = "report"
     max_deletes_per_run: int = Field(default=10, ge=0, le=1000)
-    min_age: Duration = timedelta(minutes=15)
+    min_age: Duration = DEFAULT_MIN_AGE
     clock_skew: Duration = timedelta(minutes=5)
     stores: list[StoreConfig] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
@@ -192,8 +190,6 @@ class Policy(_Strict):
         # parse_policy runs these checks itself, on the raw document, so that they are
         # reported with the field errors, each at its line; this guards direct construction
         if not (info.context or {}).get(CROSS_CHECKED):
-            from .checks import cross_errors  # the checks read these models: imported when first needed
-
             found = cross_errors(self.model_dump(mode="json"), None)
             if found:
                 raise ValueError("; ".join(found))

@@ -94,3 +94,8 @@ Operations = Annotated[list[Annotated[str, AfterValidator(_operation)]], BeforeV
 def url_host(url: str) -> str:
     """``https://gitlab.example.com/api/v4`` -> ``gitlab.example.com``: how store names show an API."""
     return url.split("://", 1)[-1].split("/", 1)[0]
+
+
+# The policy's durations (min_age, max_age, clock_skew, store timeouts) and the default floor.
+Duration = duration_type("90m, 6h or 2d", "mhd")
+DEFAULT_MIN_AGE = timedelta(minutes=15)
