@@ -22,29 +22,49 @@ def client(service: str, region: str | None = None) -> Any:
     return boto3.client(service, region_name=region, config=cfg)
 
 
-def _error(exc: BaseException) -> dict[str, Any]:
+# Every helper takes any exception: botocore's connection errors (EndpointConnectionError,
+# ReadTimeoutError) have no ``response``, and some carry ``response=None``.
+
+def _response(exc: BaseException) -> dict[str, Any]:
     response = getattr(exc, "response", None)
-    err = response.get("Error") if isinstance(response, dict) else None
+    return response if isinstance(response, dict) else {}
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    err = _response(exc).get("Error")
     return err if isinstance(err, dict) else {}
 
 
-def error_code(exc: BaseException) -> str:
-    """The AWS error code (``ConditionalCheckFailedException``, ``AccessDenied``, ...), else the exception's type."""
-    return str(_error(exc).get("Code") or type(exc).__name__)
+def error_code(exc: BaseException, default: str | None = None) -> str:
+    """The AWS error code (``ConditionalCheckFailedException``, ``AccessDenied``, ``404``, ...);
+    without one, ``default`` (None: the exception's type name)."""
+    code = _error(exc).get("Code")
+    if code:
+        return str(code)
+    return type(exc).__name__ if default is None else default
 
 
-def error_message(exc: BaseException) -> str:
-    """The AWS error message, else the exception's text."""
-    return str(_error(exc).get("Message") or exc)
+def error_message(exc: BaseException, default: str | None = None) -> str:
+    """The AWS error message; without one, ``default`` (None: the exception's text)."""
+    message = _error(exc).get("Message")
+    if message:
+        return str(message)
+    return str(exc) if default is None else default
 
 
 def http_status(exc: BaseException) -> int | None:
     """The HTTP status of a botocore ClientError, or None."""
-    response = getattr(exc, "response", None)
-    meta = response.get("ResponseMetadata") if isinstance(response, dict) else None
+    meta = _response(exc).get("ResponseMetadata")
     status = meta.get("HTTPStatusCode") if isinstance(meta, dict) else None
-    return status if isinstance(status, int) else None
+    return status if isinstance(status, int) and not isinstance(status, bool) else None
+
+
+def error_item(exc: BaseException) -> dict[str, Any] | None:
+    """The item DynamoDB returns with a failed condition (``ReturnValuesOnConditionCheckFailure``), or None."""
+    item = _response(exc).get("Item")
+    return item if isinstance(item, dict) else None
 
 
 def is_code(exc: BaseException, *codes: str) -> bool:
-    return error_code(exc) in codes
+    """Whether the AWS error code is one of ``codes`` (an exception without a code never is)."""
+    return error_code(exc, default="") in codes

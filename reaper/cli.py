@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .aws import error_code
 from .policy import ConfigError, Policy, check_policy_file
 
 EXIT_OK, EXIT_ERRORS, EXIT_CONFIG = 0, 1, 2
@@ -145,10 +146,9 @@ class _Usage(Exception):
 def _error_code(exc: BaseException) -> str:
     """The AWS error code or HTTP status behind an error (also behind a StoreError raised ``from None``)."""
     for e in (exc, exc.__cause__, exc.__context__):
-        resp = getattr(e, "response", None)
-        code = resp.get("Error", {}).get("Code") if isinstance(resp, dict) else None
+        code = error_code(e, default="") if e is not None else ""
         if code:
-            return str(code)
+            return code
         if isinstance(getattr(e, "status", None), int):
             return f"HTTP {e.status}"  # type: ignore[union-attr]
     return type(exc).__name__

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from ..aws import error_code, error_message
 from ..durations import format_duration, parse_duration
 from ..liveness.claims import ClaimError, ClaimStore, claim_from_env, claim_time
 from ..liveness.identity import terraform_who
@@ -67,9 +68,7 @@ def run(args: argparse.Namespace, out: Any, err: Any, env: Mapping[str, str] | N
         try:
             ClaimStore(client_factory("dynamodb", args.region), table).put(claim)
         except Exception as exc:
-            resp = getattr(exc, "response", None) or {}
-            code = resp.get("Error", {}).get("Code") or type(exc).__name__
-            msg = resp.get("Error", {}).get("Message") or str(exc)
+            code, msg = error_code(exc), error_message(exc)
             print(f"error: could not write the claim to {table}: {code}: {msg[:300]}", file=err)
             print("  the lock this job takes will be judged without a claim (unknown means keep)", file=err)
             return EXIT_ERRORS

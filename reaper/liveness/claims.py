@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..aws import http_status
 from ..models import parse_created
 
 log = logging.getLogger("reaper.liveness.claims")
@@ -218,8 +219,7 @@ class ClaimStore:
             )
         except Exception as exc:
             if self.counter is not None:
-                meta = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {})
-                self.counter.call("claims.query", meta.get("HTTPStatusCode") or "error")
+                self.counter.call("claims.query", http_status(exc) or "error")
             raise
         if self.counter is not None:
             self.counter.call("claims.query", 200)

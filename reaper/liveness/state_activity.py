@@ -13,6 +13,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from ..aws import error_code, http_status
 from ..durations import format_duration
 from ..models import LivenessFact, LockRecord
 from .facts import alive, ev, unknown
@@ -57,9 +58,7 @@ class StateActivityChecker:
             if self.counter is not None:
                 self.counter.call("s3.head_object", 200)
         except Exception as exc:
-            resp = getattr(exc, "response", None) or {}
-            code = str(resp.get("Error", {}).get("Code", "") or type(exc).__name__)
-            status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code, status = error_code(exc), http_status(exc)
             if self.counter is not None:
                 self.counter.call("s3.head_object", status or "error")
             if code in ("404", "NoSuchKey", "NotFound"):

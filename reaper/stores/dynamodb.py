@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from ..aws import error_code, error_item
 from ..models import DeleteResult, DeleteStatus, LockRecord
 from ..ports import RestoreConflict, StoreError
 from .dynamo_items import from_jsonable, holder, lock_records, raced
@@ -30,8 +31,7 @@ _FILTER = "attribute_exists(#info) OR attribute_not_exists(#digest)"
 def _code(exc: Exception) -> str:
     # botocore's connection errors (ConnectionClosedError, ReadTimeoutError) carry response=None
     # (found by tests/test_faults.py): never let the error handling hide the real error
-    resp = getattr(exc, "response", None)
-    return str(resp.get("Error", {}).get("Code", "") or "") if isinstance(resp, dict) else ""
+    return error_code(exc, default="")
 
 
 class DynamoDBLockStore:
@@ -95,7 +95,7 @@ class DynamoDBLockStore:
         except Exception as exc:
             if _code(exc) != "ConditionalCheckFailedException":
                 raise
-            current = getattr(exc, "response", {}).get("Item")
+            current = error_item(exc)
             if not current or "Info" not in current:  # same as the in-memory store: no Info, no lock
                 return DeleteResult(status=DeleteStatus.GONE, detail="the lock was already released")
             return raced(current)
@@ -115,7 +115,7 @@ class DynamoDBLockStore:
         except Exception as exc:
             if _code(exc) != "ConditionalCheckFailedException":
                 raise
-            cid, cwho = holder(getattr(exc, "response", {}).get("Item"))
+            cid, cwho = holder(error_item(exc))
             raise RestoreConflict(
                 f"{item['LockID']['S']} is locked again (lock {cid} by {cwho or '?'}): not overwritten"
             ) from None

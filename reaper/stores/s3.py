@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from ..aws import error_code, error_message, http_status
 from ..models import DeleteResult, DeleteStatus, LockInfo, LockRecord
 from ..ports import RestoreConflict, StoreError
 from .dynamo_items import MAX_INFO_BYTES
@@ -31,16 +32,13 @@ LOCK_SUFFIX = ".tflock"
 
 
 def _error(exc: Exception) -> tuple[str, int]:
-    resp = getattr(exc, "response", None) or {}
-    code = str(resp.get("Error", {}).get("Code", "") or "")
-    status = int(resp.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return code, status
+    return error_code(exc, default=""), http_status(exc) or 0
 
 
 def _describe(exc: Exception) -> str:
     code, status = _error(exc)
     if code or status:
-        msg = (getattr(exc, "response", None) or {}).get("Error", {}).get("Message", "")
+        msg = error_message(exc, default="")
         return f"{code or 'HTTP ' + str(status)}{': ' + msg if msg else ''}"
     return f"{type(exc).__name__}: {exc}"
 
@@ -214,7 +212,7 @@ class S3LockFileStore:
         return self._record(key, etag, raw, info=info)
 
     def _read_error(self, exc: Exception, code: str, status: int) -> str:
-        msg = str((getattr(exc, "response", None) or {}).get("Error", {}).get("Message", ""))
+        msg = error_message(exc, default="")
         if code == "InvalidRequest" and ("Server Side Encryption" in msg or "customer" in msg.lower()) or (
             status == 400 and "SSECustomer" in msg
         ):
