@@ -1,0 +1,41 @@
+"""The parts ``LockReaper`` is composed of, one module each.
+
+- ``audit``: the KMS key (shared with the topic), the audit bucket and its access-log bucket;
+- ``alerts``: the SNS alert topic (KMS encrypted, CloudWatch alarms may publish) and its email subscriptions;
+- ``claims``: the claims table (CI jobs write, the function queries);
+- ``function``: the function, its log group, role and code (local bundling); ``grants``: its least-privilege role;
+- ``schedule``: the EventBridge Scheduler schedule, its role and dead-letter queue;
+- ``monitoring``: the alarms (all to the topic) and the dashboard;
+- ``nag``: cdk-nag acknowledgements.
+
+Why builders and not ``Construct`` subclasses: CloudFormation logical IDs derive
+from the construct path. A child construct (``LockReaper/Audit/Bucket``) would
+give every resource a new logical ID, which CloudFormation deploys as a
+replacement: a new, empty audit bucket and claims table, a new key. So each part
+is a small class that takes the ``LockReaper`` scope and creates its resources
+*in that scope*, with the ids they always had (``LockReaper/LockReaper/Audit``);
+no ``override_logical_id`` is needed, and the cdk-nag acknowledgements, which
+name resource paths, apply as before. The parts are created in the order the
+resources always had, so the template is unchanged byte for byte.
+"""
+
+from .alerts import AlertTopic
+from .audit import AuditStorage, StackKey
+from .claims import ClaimsTable
+from .function import ReaperFunction
+from .monitoring import COUNT_ALARMS, Monitoring
+from .nag import NAG, nag_render
+from .schedule import ReaperSchedule
+
+__all__ = [
+    "COUNT_ALARMS",
+    "NAG",
+    "AlertTopic",
+    "AuditStorage",
+    "ClaimsTable",
+    "Monitoring",
+    "ReaperFunction",
+    "ReaperSchedule",
+    "StackKey",
+    "nag_render",
+]
