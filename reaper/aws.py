@@ -19,7 +19,8 @@ def client(service: str, region: str | None = None) -> Any:
     from botocore.config import Config
 
     cfg = Config(retries={"mode": "adaptive", "max_attempts": 8}, connect_timeout=5, read_timeout=20)
-    return boto3.client(service, region_name=region, config=cfg)
+    make: Any = boto3.client  # the stubs overload it per service name (a Literal); ours is any service
+    return make(service, region_name=region, config=cfg)
 
 
 # Every helper takes any exception: botocore's connection errors (EndpointConnectionError,

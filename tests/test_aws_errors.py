@@ -77,8 +77,10 @@ def test_not_a_client_error(exc: Exception) -> None:
     assert not is_code(exc, type(exc).__name__)
 
 
-@pytest.mark.parametrize("response", [None, "not a dict", {"Error": "not a dict", "ResponseMetadata": None, "Item": []},
-                                      {"ResponseMetadata": {"HTTPStatusCode": "400"}}, {"ResponseMetadata": {"HTTPStatusCode": True}}])
+@pytest.mark.parametrize("response", [
+    None, "not a dict", {"Error": "not a dict", "ResponseMetadata": None, "Item": []},
+    {"ResponseMetadata": {"HTTPStatusCode": "400"}}, {"ResponseMetadata": {"HTTPStatusCode": True}},
+])
 def test_malformed_response_attribute(response: object) -> None:
     exc = RuntimeError("odd")
     exc.response = response  # type: ignore[attr-defined]

@@ -248,3 +248,49 @@ def test_auth_failure_does_not_echo_the_exception() -> None:
     with pytest.raises(ApiError) as exc_info:
         api.get("x", kind="x")
     assert "s3cr3t" not in str(exc_info.value) and "credentials" in str(exc_info.value)
+
+
+def test_http_limits_from_the_policy_and_a_store() -> None:
+    from dataclasses import FrozenInstanceError
+    from types import SimpleNamespace
+
+    from reaper.policy.liveness import HttpConfig
+
+    assert HttpLimits.from_policy(HttpConfig()) == HttpLimits() == HttpLimits.from_policy(None)
+    cfg = HttpConfig(timeout=timedelta(seconds=4), max_retry_wait=timedelta(seconds=2), rate_limit_reserve=7,
+                     max_calls_per_run=50, max_pages=3)
+    assert HttpLimits.from_policy(cfg) == HttpLimits(timeout=4, max_retry_wait=2, rate_limit_reserve=7, max_calls=50, max_pages=3)
+    assert HttpLimits.from_policy(cfg, timedelta(seconds=30)).timeout == 30  # a provider's own timeout wins
+    assert HttpLimits.from_policy(cfg, None).timeout == 4
+    store = SimpleNamespace(timeout=timedelta(seconds=12), max_retry_wait=timedelta(seconds=30))
+    assert HttpLimits.for_store(store, rate_limit_reserve=0, max_calls=100000) == HttpLimits(
+        timeout=12, max_retry_wait=30, rate_limit_reserve=0, max_calls=100000, max_pages=10)
+    with pytest.raises(FrozenInstanceError):
+        HttpLimits().timeout = 1  # type: ignore[misc]
+
+
+def test_rate_gate_budget_and_pause() -> None:
+    from reaper.http.client import RateGate
+
+    now = [1000.0]
+    counter = ApiCounter()
+    gate = RateGate("github", HttpLimits(max_calls=2, max_retry_wait=5, rate_limit_reserve=10), counter, clock=lambda: now[0])
+    gate.admit("runs", "u")
+    # plenty left: no pause, not limited
+    assert gate.answered(200, {"x-ratelimit-remaining": "500"}, kind="runs", url="u", may_wait=True) is None
+    # a short Retry-After is waited once, then the provider is paused for it
+    assert gate.answered(429, {"retry-after": "3"}, kind="runs", url="u", may_wait=True) == 3.0
+    with pytest.raises(RateLimited, match="rate limited \\(HTTP 429\\)"):
+        gate.answered(429, {"retry-after": "3"}, kind="runs", url="u", may_wait=False)
+    assert gate.paused_until == 1003.0
+    with pytest.raises(RateLimited, match="paused for 3s more: rate limited"):
+        gate.admit("runs", "u")
+    now[0] = 1004.0
+    gate.admit("runs", "u")
+    with pytest.raises(ApiError, match="budget of 2 API calls"):
+        gate.admit("runs", "u")
+    assert counter.to_dict()["skipped"] == {"runs": 2} and gate.calls == 2
+    # at or below the reserve on a success: paused until the reset
+    assert gate.answered(200, {"x-ratelimit-remaining": "10", "x-ratelimit-reset": "2000"}, kind="runs", url="u",
+                         may_wait=True) is None
+    assert gate.paused_until == 2000.0 and "only 10 calls left (reserve 10)" in gate.pause_reason

@@ -426,20 +426,26 @@ class JsonApi:
                                       remove_headers_on_redirect=_SECRET_HEADERS),
                 preload_content=True,
             )
-        except urllib3.exceptions.MaxRetryError as exc:
-            self.counter.call(call.kind, "error")
-            cause = exc.reason
-            what = "timed out" if isinstance(cause, urllib3.exceptions.TimeoutError) else f"failed ({type(cause).__name__ if cause else 'error'})"
-            raise ApiError(f"{self.name} {call.kind}: request {what}", url=call.url, kind=call.kind) from None
-        except urllib3.exceptions.TimeoutError:
-            self.counter.call(call.kind, "timeout")
-            raise ApiError(f"{self.name} {call.kind}: request timed out after {timeout:g}s", url=call.url, kind=call.kind) from None
         except urllib3.exceptions.HTTPError as exc:
-            self.counter.call(call.kind, "error")
-            raise ApiError(f"{self.name} {call.kind}: request failed ({type(exc).__name__})", url=call.url, kind=call.kind) from None
+            raise self._no_answer(call, exc) from None
         self.counter.call(call.kind, resp.status)
         log.debug("%s %s -> %s", call.method, call.url, resp.status)
         return resp
+
+    def _no_answer(self, call: _Call, exc: urllib3.exceptions.HTTPError) -> ApiError:
+        """Count a call that got no answer (as "timeout" or "error"); the error to raise. Never the
+        exception's text: it names the URL and could quote a header."""
+        status = "error"
+        if isinstance(exc, urllib3.exceptions.MaxRetryError):
+            cause = exc.reason
+            timed_out = isinstance(cause, urllib3.exceptions.TimeoutError)
+            what = "timed out" if timed_out else f"failed ({type(cause).__name__ if cause else 'error'})"
+        elif isinstance(exc, urllib3.exceptions.TimeoutError):
+            status, what = "timeout", f"timed out after {self.limits.timeout:g}s"
+        else:
+            what = f"failed ({type(exc).__name__})"
+        self.counter.call(call.kind, status)
+        return ApiError(f"{self.name} {call.kind}: request {what}", url=call.url, kind=call.kind)
 
     def _read(self, call: _Call, status: int, headers: Mapping[str, str], data: bytes | None) -> Response:
         """The answer as a Response (a 304 from the ETag cache), or ApiError for an error status or bad JSON."""
@@ -537,7 +543,7 @@ def describe_shape(value: Any) -> str:
     return type(value).__name__
 
 
-_EXPECTED = {dict: "an object", list: "a list"}
+_EXPECTED: dict[type, str] = {dict: "an object", list: "a list"}
 
 
 def _hint(status: int) -> str:

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..models import parse_created
@@ -42,28 +42,35 @@ def _load_private_key(pem: str) -> Any:
     if "BEGIN RSA PRIVATE KEY" in text:
         return rsa.PrivateKey.load_pkcs1(text.encode(), format="PEM")
     if "BEGIN PRIVATE KEY" in text:
-        from pyasn1.codec.der import decoder
-        from pyasn1.type import namedtype, univ
-
-        class _AlgorithmIdentifier(univ.Sequence):
-            componentType = namedtype.NamedTypes(
-                namedtype.NamedType("algorithm", univ.ObjectIdentifier()),
-                namedtype.OptionalNamedType("parameters", univ.Any()),
-            )
-
-        class _PrivateKeyInfo(univ.Sequence):
-            componentType = namedtype.NamedTypes(
-                namedtype.NamedType("version", univ.Integer()),
-                namedtype.NamedType("privateKeyAlgorithm", _AlgorithmIdentifier()),
-                namedtype.NamedType("privateKey", univ.OctetString()),
-            )
-
-        der = rsa.pem.load_pem(text.encode(), "PRIVATE KEY")
-        info, _ = decoder.decode(der, asn1Spec=_PrivateKeyInfo())
-        if str(info["privateKeyAlgorithm"]["algorithm"]) != "1.2.840.113549.1.1.1":
-            raise ValueError("the PKCS#8 key is not an RSA key")
-        return rsa.PrivateKey.load_pkcs1(bytes(info["privateKey"]), format="DER")
+        return rsa.PrivateKey.load_pkcs1(_pkcs8_rsa_key(rsa.pem.load_pem(text.encode(), "PRIVATE KEY")), format="DER")
     raise ValueError("the GitHub App private key is not a PEM RSA private key")
+
+
+_RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
+
+
+def _pkcs8_rsa_key(der: bytes) -> bytes:
+    """The PKCS#1 RSAPrivateKey (DER) inside a PKCS#8 PrivateKeyInfo (RFC 5208)."""
+    from pyasn1.codec.der import decoder  # type: ignore[import-untyped]
+    from pyasn1.type import namedtype, univ  # type: ignore[import-untyped]
+
+    class _AlgorithmIdentifier(univ.Sequence):
+        componentType = namedtype.NamedTypes(
+            namedtype.NamedType("algorithm", univ.ObjectIdentifier()),
+            namedtype.OptionalNamedType("parameters", univ.Any()),
+        )
+
+    class _PrivateKeyInfo(univ.Sequence):
+        componentType = namedtype.NamedTypes(
+            namedtype.NamedType("version", univ.Integer()),
+            namedtype.NamedType("privateKeyAlgorithm", _AlgorithmIdentifier()),
+            namedtype.NamedType("privateKey", univ.OctetString()),
+        )
+
+    info, _ = decoder.decode(der, asn1Spec=_PrivateKeyInfo())
+    if str(info["privateKeyAlgorithm"]["algorithm"]) != _RSA_ENCRYPTION:
+        raise ValueError("the PKCS#8 key is not an RSA key")
+    return bytes(info["privateKey"])
 
 
 def app_jwt(app_id: str, private_key_pem: str, now: float) -> str:
@@ -195,31 +202,39 @@ class GitHubAppToken:
         self._lock = threading.Lock()
 
     def token(self) -> str:
+        """The cached installation token, or a new one within five minutes of its expiry."""
         with self._lock:
             now = self.wallclock()
             if self._token and now < self._expires - 300:
                 return self._token
-            pem = _secret_text(self.secrets.get(self.private_key_secret), "private_key")
-            try:
-                jwt = app_jwt(self.app_id, pem, now)
-            except Exception as exc:
-                raise AuthError(f"cannot sign the GitHub App JWT ({type(exc).__name__})") from None
-            resp = self.api.request(
-                "POST", f"app/installations/{self.installation_id}/access_tokens",
-                kind="app.installation_token", headers={"Authorization": f"Bearer {jwt}"}, use_auth=False, conditional=False,
-            )
-            body = resp.body if isinstance(resp.body, dict) else {}
-            token = body.get("token")
-            if not isinstance(token, str) or not token:
-                raise AuthError("the GitHub App installation token response has no token")
-            try:
-                expires = parse_created(str(body.get("expires_at"))).timestamp()
-            except ValueError:
-                expires = now + 3600
+            token, expires = self._exchange(self._jwt(now), now)
             self._token, self._expires = token, expires
             log.info("GitHub App installation %s: new token valid until %s", self.installation_id,
-                     datetime.fromtimestamp(expires, timezone.utc).isoformat())
+                     datetime.fromtimestamp(expires, UTC).isoformat())
             return token
+
+    def _jwt(self, now: float) -> str:
+        pem = _secret_text(self.secrets.get(self.private_key_secret), "private_key")
+        try:
+            return app_jwt(self.app_id, pem, now)
+        except Exception as exc:  # never the text: it could quote the key
+            raise AuthError(f"cannot sign the GitHub App JWT ({type(exc).__name__})") from None
+
+    def _exchange(self, jwt: str, now: float) -> tuple[str, float]:
+        """POST the JWT for an installation token: (token, expiry; an hour if the answer has none)."""
+        resp = self.api.request(
+            "POST", f"app/installations/{self.installation_id}/access_tokens",
+            kind="app.installation_token", headers={"Authorization": f"Bearer {jwt}"}, use_auth=False, conditional=False,
+        )
+        body = resp.body if isinstance(resp.body, dict) else {}
+        token = body.get("token")
+        if not isinstance(token, str) or not token:
+            raise AuthError("the GitHub App installation token response has no token")
+        try:
+            expires = parse_created(str(body.get("expires_at"))).timestamp()
+        except ValueError:
+            expires = now + 3600
+        return token, expires
 
     def __call__(self) -> dict[str, str]:
         return github_header(self.token())
