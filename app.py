@@ -37,7 +37,7 @@ def build_app(context: Mapping[str, Any] | None = None, outdir: str | None = Non
         reaper=LockReaperProps(settings=settings, policy=policy, policy_file=policy_path, project_root=root),
     )
     for w in warnings:
-        cdk.Annotations.of(stack).add_warning_v2("lock-reaper:context", w)
+        cdk.Annotations.of(stack).add_warning_v2("lock-reaper:context", str(w))
     # cdk-nag 3: AWS Solutions checks run as a policy validation plugin at synth.
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return app

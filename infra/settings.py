@@ -6,22 +6,33 @@ models the Lambda uses (``reaper.policy.load_policy``) and cross-checks it
 against the context, so ``cdk synth`` fails before building anything, with one
 line per problem naming the bad field (and, for the policy, its line).
 
+It reuses the policy's own machinery: the strict base model
+(``reaper.policy.types.Strict``), the one error formatter
+(``reaper.policy.errors``: ``Problem``, ``pydantic_problems``; ``SettingsError``
+is a ``ConfigError``), the YAML line numbers (``reaper.policy.lines``) and the
+``REAPER_*`` variables (``reaper.policy.env``).
+
 Nothing here talks to AWS.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator
 
-from reaper.policy import ConfigError, Policy, load_policy
+from reaper.policy import ConfigError, Policy, Problem, load_policy
+from reaper.policy import env as reaper_env
+from reaper.policy.errors import format_loc, pydantic_problems
+from reaper.policy.lines import load_yaml, locate
+from reaper.policy.types import Strict
 
 CONTEXT_KEY = "reaper"
+CONTEXT = f"context.{CONTEXT_KEY}"  # how problems name the block
 
 # CloudWatch Logs accepts only these retention periods (days -> aws_logs.RetentionDays member name).
 RETENTION_DAYS: dict[int, str] = {
@@ -60,23 +71,32 @@ _KMS_KEY_ARN = r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/(mrk-[0-9a-f]{32}|[0-
 
 # Placeholders for the resources the stack creates, used only to validate the
 # policy as the deployed Lambda will see it (the stack sets these variables).
-_DEPLOYED_ENV = {"REAPER_AUDIT_BUCKET": "audit-bucket-created-by-the-stack"}
-
-TableName = Annotated[str, Field(pattern=_TABLE)]
+_DEPLOYED_ENV = {reaper_env.AUDIT_BUCKET: "audit-bucket-created-by-the-stack"}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _named(pattern: str, what: str) -> AfterValidator:
+    """A string that must match ``pattern`` (whole), refused as "'x' is not a valid <what>"."""
+    rx = re.compile(pattern)
+
+    def check(v: str) -> str:
+        if not rx.fullmatch(v):
+            raise ValueError(f"{v!r} is not a valid {what}")
+        return v
+
+    return AfterValidator(check)
+
+
+TableName = Annotated[str, _named(_TABLE, "DynamoDB table name")]
 
 
 def _bucket_shorthand(v: Any) -> Any:
     return {"bucket": v} if isinstance(v, str) else v
 
 
-class StateBucket(_Strict):
+class StateBucket(Strict):
     """A Terraform state bucket: its lock files (``*.tflock``) and, optionally, its state objects."""
 
-    bucket: str = Field(pattern=_BUCKET)
+    bucket: Annotated[str, _named(_BUCKET, "S3 bucket name")]
     prefixes: list[str] = Field(default_factory=list, description="state key prefixes; empty means the whole bucket")
 
     @field_validator("prefixes")
@@ -88,17 +108,17 @@ class StateBucket(_Strict):
         return v
 
 
-class ReaperSettings(_Strict):
+class ReaperSettings(Strict):
     """cdk.json ``context.reaper``. Every field has a safe default."""
 
     policy_file: str = Field(default="config/policy.yaml", min_length=1)
-    stack_name: str = Field(default="LockReaper", pattern=r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
-    account: str | None = Field(default=None, pattern=r"^\d{12}$")
-    region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    stack_name: Annotated[str, _named(r"^[A-Za-z][A-Za-z0-9-]{0,127}$", "CloudFormation stack name")] = "LockReaper"
+    account: Annotated[str, _named(r"^\d{12}$", "AWS account id (12 digits)")] | None = None
+    region: Annotated[str, _named(r"^[a-z]{2}(-[a-z]+)+-\d$", "AWS region name (like eu-west-1)")] | None = None
     schedule: str = "rate(15 minutes)"
     schedule_timezone: str | None = None
     schedule_enabled: bool = True
-    alert_emails: list[Annotated[str, Field(pattern=_EMAIL)]] = Field(default_factory=list)
+    alert_emails: list[Annotated[str, _named(_EMAIL, "email address")]] = Field(default_factory=list)
     lock_tables: list[TableName] = Field(default_factory=list)
     state_buckets: list[Annotated[StateBucket, BeforeValidator(_bucket_shorthand)]] = Field(default_factory=list)
     state_activity_evidence: bool = Field(
@@ -173,35 +193,38 @@ class ReaperSettings(_Strict):
         return next((b for b in self.state_buckets if b.bucket == name), None)
 
 
-class SettingsError(Exception):
-    """The context or the policy cannot be deployed. ``problems`` has one line per bad field."""
+class SettingsError(ConfigError):
+    """The context or the policy cannot be deployed: a ``ConfigError`` with one ``Problem`` per bad field.
 
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
+    Each problem names its place itself: ``context.reaper.<field>: ...`` for the
+    context, ``<policy file>: line N: <field>: ...`` for the policy (``SourcedProblem``).
+    """
 
-
-def _format_loc(loc: Iterable[Any]) -> str:
-    out = f"context.{CONTEXT_KEY}"
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif str(part).startswith(("function-", "list[")):
-            continue
-        else:
-            out += f".{part}"
-    return out
+    def __init__(self, problems: list[Problem], warnings: list[Problem] | None = None):
+        super().__init__("cdk synth", problems, warnings)
+        self.args = ("\n".join(problems),)
 
 
-_WHAT = {
-    "alert_emails": "email address",
-    "bucket": "S3 bucket name",
-    "lock_tables": "DynamoDB table name",
-    "claims_table": "DynamoDB table name",
-    "account": "AWS account id (12 digits)",
-    "region": "AWS region name (like eu-west-1)",
-    "stack_name": "CloudFormation stack name",
-}
+class SourcedProblem(Problem):
+    """A ``Problem`` of a named file, written ``<source>: line N: field: message``."""
+
+    source: str
+
+    def __new__(cls, source: str, line: int | None, field: str | None, message: str) -> SourcedProblem:
+        plain = Problem(line, field, message)
+        self = str.__new__(cls, f"{source}: {plain}")
+        self.source, self.line, self.field, self.message = source, line, field, message
+        return self
+
+    @classmethod
+    def of(cls, source: str, problem: Problem) -> SourcedProblem:
+        return cls(source, getattr(problem, "line", None), getattr(problem, "field", None),
+                   getattr(problem, "message", str(problem)))
+
+
+def _context_locate(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], int | None]:
+    """A context error's location as ``context.reaper.<field>`` (validator names dropped); no line."""
+    return (CONTEXT, *(p for p in loc if not str(p).startswith(("function-", "list[")))), None
 
 
 def load_settings(raw: Any) -> ReaperSettings:
@@ -209,39 +232,28 @@ def load_settings(raw: Any) -> ReaperSettings:
     if raw is None:
         raw = {}
     if isinstance(raw, str):  # `cdk synth -c reaper='{"schedule": ...}'` passes a string
-        import json
-
         try:
             raw = json.loads(raw)
         except ValueError as exc:
-            raise SettingsError([f"context.{CONTEXT_KEY}: not valid JSON: {exc}"]) from None
+            raise SettingsError([Problem(None, CONTEXT, f"not valid JSON: {exc}")]) from None
     if not isinstance(raw, Mapping):
-        raise SettingsError([f"context.{CONTEXT_KEY}: must be an object, got {type(raw).__name__}"])
+        raise SettingsError([Problem(None, CONTEXT, f"must be an object, got {type(raw).__name__}")])
     try:
         return ReaperSettings.model_validate(dict(raw))
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            msg = str(err.get("msg", "invalid"))
-            if msg.startswith("Value error, "):
-                msg = msg[len("Value error, ") :]
-            if err.get("type") == "extra_forbidden":
-                msg = "unknown field (check the spelling)"
-            if err.get("type") == "string_pattern_mismatch":
-                field = next((str(p) for p in reversed(err["loc"]) if isinstance(p, str)), "")
-                msg = f"{err.get('input')!r} is not a valid {_WHAT.get(field, 'value')}"
-            problems.append(f"{_format_loc(err['loc'])}: {msg}")
-        raise SettingsError(problems) from None
+        raise SettingsError(pydantic_problems(exc, _context_locate)) from None
 
 
 _SECRET_KEY = re.compile(r"(^|_)secret(_name|_id|_arn)?s?$")
 
+Loc = tuple[Any, ...]
 
-def _policy_secret_names(data: Any, path: str = "") -> Iterable[tuple[str, str]]:
-    """(field path, secret name) for every string under a key named like ``secret`` / ``token_secret``."""
+
+def _policy_secret_names(data: Any, loc: Loc = ()) -> Iterable[tuple[Loc, str]]:
+    """(location, secret name) for every string under a key named like ``secret`` / ``token_secret``."""
     if isinstance(data, Mapping):
         for k, v in data.items():
-            here = f"{path}.{k}" if path else str(k)
+            here = (*loc, k)
             if isinstance(k, str) and _SECRET_KEY.search(k):
                 values = [v] if isinstance(v, str) else v if isinstance(v, list) else []
                 for s in values:
@@ -251,20 +263,20 @@ def _policy_secret_names(data: Any, path: str = "") -> Iterable[tuple[str, str]]
                 yield from _policy_secret_names(v, here)
     elif isinstance(data, list):
         for i, v in enumerate(data):
-            yield from _policy_secret_names(v, f"{path}[{i}]")
+            yield from _policy_secret_names(v, (*loc, i))
 
 
-def _policy_token_envs(data: Any, path: str = "") -> Iterable[tuple[str, str]]:
+def _policy_token_envs(data: Any, loc: Loc = ()) -> Iterable[tuple[Loc, str]]:
     if isinstance(data, Mapping):
         for k, v in data.items():
-            here = f"{path}.{k}" if path else str(k)
+            here = (*loc, k)
             if k == "token_env" and isinstance(v, str) and v:
                 yield here, v
             else:
                 yield from _policy_token_envs(v, here)
     elif isinstance(data, list):
         for i, v in enumerate(data):
-            yield from _policy_token_envs(v, f"{path}[{i}]")
+            yield from _policy_token_envs(v, (*loc, i))
 
 
 def _secret_name(ref: str) -> str:
@@ -275,114 +287,127 @@ def _secret_name(ref: str) -> str:
     return ref
 
 
-def _yaml_line(text: str | None, path: str) -> str:
-    """``"line N: "`` for a dotted/indexed path like ``stores[0].table`` in the policy text, or ``""``."""
-    if not text:
-        return ""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return ""
-    line = None
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
-        if isinstance(node, yaml.MappingNode):
-            found = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part), None)
-            if found is None:
-                break
-            line, node = found[0].start_mark.line + 1, found[1]
-        elif isinstance(node, yaml.SequenceNode) and part.startswith("["):
-            i = int(part[1:-1])
-            if i >= len(node.value):
-                break
-            node = node.value[i]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return f"line {line}: " if line else ""
+At = Callable[[Loc, str], Problem]  # (location in the policy, message) -> "<file>: line N: <location>: <message>"
 
 
-def cross_check(
-    policy: Policy, settings: ReaperSettings, source: str, text: str | None = None
-) -> tuple[list[str], list[str]]:
-    """Problems (fail the synth) and warnings (printed) between the policy and the context.
+def _policy_at(source: str, text: str | None) -> At:
+    """Problems of the policy file ``source``, each at the line of its location's deepest node in ``text``."""
+    root = None
+    if text:
+        try:
+            root = load_yaml(text, source)[0]
+        except ConfigError:  # not YAML: the problems name no line
+            pass
 
-    ``text`` (the policy file's content) lets each message name the line.
-    """
-    problems: list[str] = []
-    warnings: list[str] = []
+    def at(loc: Loc, message: str) -> Problem:
+        return SourcedProblem(source, locate(root, loc)[1], format_loc(loc), message)
 
-    def at(path: str) -> str:
-        return f"{source}: {_yaml_line(text, path)}{path}"
+    return at
+
+
+def _store_problems(policy: Policy, settings: ReaperSettings, at: At) -> Iterable[Problem]:
+    """Tables, buckets and prefixes the policy scans that the context does not grant."""
     tables = set(settings.lock_tables)
-    used_tables: set[str] = set()
     for i, store in enumerate(policy.stores):
         table = getattr(store, "table", None)
-        if isinstance(table, str):
-            used_tables.add(table)
-            if table not in tables:
-                problems.append(
-                    f"{at(f'stores[{i}].table')}: table {table!r} is not in context.{CONTEXT_KEY}.lock_tables "
-                    f"({', '.join(sorted(tables)) or 'empty'}): add it there so the Lambda may scan it"
-                )
+        if isinstance(table, str) and table not in tables:
+            yield at(
+                ("stores", i, "table"),
+                f"table {table!r} is not in {CONTEXT}.lock_tables ({', '.join(sorted(tables)) or 'empty'}): "
+                "add it there so the Lambda may scan it",
+            )
         bucket = getattr(store, "bucket", None)
-        if isinstance(bucket, str):
-            granted = settings.bucket(bucket)
-            if granted is None:
-                problems.append(
-                    f"{at(f'stores[{i}].bucket')}: bucket {bucket!r} is not in context.{CONTEXT_KEY}.state_buckets: "
-                    "add it there so the Lambda may list and delete its lock files"
-                )
-            elif granted.prefixes:
-                for p in getattr(store, "prefixes", None) or [""]:
-                    if not any(p.startswith(g) for g in granted.prefixes):
-                        problems.append(
-                            f"{at(f'stores[{i}].prefixes')}: prefix {p!r} of bucket {bucket!r} is outside the prefixes "
-                            f"granted in context.{CONTEXT_KEY}.state_buckets ({', '.join(granted.prefixes)})"
-                        )
-    for t in sorted(tables - used_tables):
-        warnings.append(f"context.{CONTEXT_KEY}.lock_tables: {t!r} is granted but no store in {source} scans it")
+        if not isinstance(bucket, str):
+            continue
+        granted = settings.bucket(bucket)
+        if granted is None:
+            yield at(
+                ("stores", i, "bucket"),
+                f"bucket {bucket!r} is not in {CONTEXT}.state_buckets: add it there so the Lambda may list and "
+                "delete its lock files",
+            )
+        elif granted.prefixes:
+            for p in getattr(store, "prefixes", None) or [""]:
+                if not any(p.startswith(g) for g in granted.prefixes):
+                    yield at(
+                        ("stores", i, "prefixes"),
+                        f"prefix {p!r} of bucket {bucket!r} is outside the prefixes granted in "
+                        f"{CONTEXT}.state_buckets ({', '.join(granted.prefixes)})",
+                    )
+
+
+def _secret_problems(policy: Policy, settings: ReaperSettings, at: At) -> Iterable[Problem]:
+    """Secrets the policy reads that the context does not grant."""
     allowed = {_secret_name(s) for s in settings.ci_token_secrets}
     for where, name in _policy_secret_names(policy.model_dump(mode="json")):
         if _secret_name(name) not in allowed:
-            problems.append(
-                f"{at(where)}: secret {name!r} is not in context.{CONTEXT_KEY}.ci_token_secrets: "
-                "add it there so the Lambda may read it"
-            )
+            yield at(where, f"secret {name!r} is not in {CONTEXT}.ci_token_secrets: add it there so the Lambda may read it")
+
+
+def _unused_tables(policy: Policy, settings: ReaperSettings, source: str) -> Iterable[Problem]:
+    used = {t for t in (getattr(store, "table", None) for store in policy.stores) if isinstance(t, str)}
+    for t in sorted(set(settings.lock_tables) - used):
+        yield Problem(None, f"{CONTEXT}.lock_tables", f"{t!r} is granted but no store in {source} scans it")
+
+
+def _policy_warnings(policy: Policy, settings: ReaperSettings, at: At) -> Iterable[Problem]:
+    """What the deployed function will not be able to use: token variables, state activity, metrics."""
     for where, var in _policy_token_envs(policy.model_dump(mode="json")):
-        warnings.append(
-            f"{at(where)}: the deployed function has no environment variable {var!r}: use a token_secret "
-            f"listed in context.{CONTEXT_KEY}.ci_token_secrets"
+        yield at(
+            where,
+            f"the deployed function has no environment variable {var!r}: use a token_secret "
+            f"listed in {CONTEXT}.ci_token_secrets",
         )
     liveness = getattr(policy, "liveness", None)
     state_activity = getattr(liveness, "state_activity", None)
     if (
-        state_activity is not None
+        liveness is not None
+        and state_activity is not None
         and "state_activity" in liveness.model_fields_set
         and getattr(state_activity, "enabled", False)
         and not settings.state_activity_evidence
     ):
-        warnings.append(
-            f"{at('liveness.state_activity')}: enabled but context.{CONTEXT_KEY}.state_activity_evidence is false: "
-            "the function may not read state objects, so that evidence stays unknown"
+        yield at(
+            ("liveness", "state_activity"),
+            f"enabled but {CONTEXT}.state_activity_evidence is false: "
+            "the function may not read state objects, so that evidence stays unknown",
         )
     if not policy.alerts.metrics.enabled:
-        warnings.append(f"{at('alerts.metrics.enabled')}: false, so the reaped/cap/unparseable alarms never fire")
+        yield at(("alerts", "metrics", "enabled"), "false, so the reaped/cap/unparseable alarms never fire")
+
+
+def cross_check(
+    policy: Policy, settings: ReaperSettings, source: str, text: str | None = None
+) -> tuple[list[Problem], list[Problem]]:
+    """Problems (fail the synth) and warnings (printed) between the policy and the context.
+
+    ``text`` (the policy file's content) lets each message name the line.
+    """
+    at = _policy_at(source, text)
+    problems = [*_store_problems(policy, settings, at), *_secret_problems(policy, settings, at)]
+    warnings = [*_unused_tables(policy, settings, source), *_policy_warnings(policy, settings, at)]
     return problems, warnings
 
 
-def load_checked_policy(settings: ReaperSettings, root: Path) -> tuple[Policy, Path, list[str]]:
+def deployed_env(settings: ReaperSettings) -> dict[str, str]:
+    """The ``REAPER_*`` variables the stack sets, as far as they are known before deploying (placeholders)."""
+    return {
+        **_DEPLOYED_ENV,
+        reaper_env.EVENT_BUS: settings.event_bus,
+        reaper_env.CLAIMS_TABLE: settings.claims_table,
+    }
+
+
+def load_checked_policy(settings: ReaperSettings, root: Path) -> tuple[Policy, Path, list[Problem]]:
     """Load the policy file named by the context; (policy, its path, warnings). Raises SettingsError."""
     path = Path(settings.policy_file)
     if not path.is_absolute():
         path = root / path
     shown = settings.policy_file
-    env = dict(_DEPLOYED_ENV)
-    env["REAPER_EVENT_BUS"] = settings.event_bus
-    env["REAPER_CLAIMS_TABLE"] = settings.claims_table
     try:
-        policy = load_policy(path, env=env)
+        policy = load_policy(path, env=deployed_env(settings))
     except ConfigError as exc:
-        raise SettingsError([f"{shown}: {p}" for p in exc.problems] or [str(exc)]) from None
+        raise SettingsError([SourcedProblem.of(shown, p) for p in exc.problems] or [Problem(None, None, str(exc))]) from None
     problems, warnings = cross_check(policy, settings, shown, path.read_text(encoding="utf-8"))
     if problems:
         raise SettingsError(problems)
