@@ -356,28 +356,26 @@ def projected_scan(client: Any, table: str) -> int:
     return n
 
 
-def make_liveness(policy: Any, client: Any, etags: Any = None) -> Any:
-    """Issue 4's composite checker as the wiring builds it (fresh per cycle, like one Lambda run)."""
-    from reaper.liveness.build import build_liveness
+def bench_deps(client: Any, etags: Any = None) -> Any:
+    """The Lambda's wiring with the benchmark's client and tokens; a cold ETag cache unless ``etags`` is given."""
     from reaper.http.client import EtagCache
+    from reaper.wiring import Deps
 
-    env = {"BENCH_GH_TOKEN": GH_TOKEN, "BENCH_GL_TOKEN": GL_TOKEN}
-    return build_liveness(policy, lambda service, region=None: client, env=env,
-                          etags=etags if etags is not None else EtagCache())
+    return Deps(client_factory=lambda service, region=None: client,
+                env={"BENCH_GH_TOKEN": GH_TOKEN, "BENCH_GL_TOKEN": GL_TOKEN},
+                etags=etags if etags is not None else EtagCache())
 
 
-def reaper_cycle(policy_text: str, client: Any, with_ci: bool, etags: Any = None) -> dict[str, Any]:
+def reaper_cycle(policy_text: str, client: Any, etags: Any = None) -> dict[str, Any]:
     """What the Lambda does per invocation: parse the policy, build, run in report mode, serialise the report.
 
-    Without a CI server every holder is unknown. With one, a cold ETag cache per
-    cycle unless ``etags`` is given (a warm Lambda keeps it between runs)."""
+    Without a CI server (the policy names no provider) every holder is unknown. With one, a
+    cold ETag cache per cycle unless ``etags`` is given (a warm Lambda keeps it between runs)."""
     from reaper.policy import parse_policy
     from reaper.wiring import build_reaper
 
     policy = parse_policy(policy_text)
-    factory = lambda service, region=None: client  # noqa: E731
-    liveness = make_liveness(policy, client, etags) if with_ci else None
-    reaper = build_reaper(policy, client_factory=factory, liveness=liveness)
+    reaper = build_reaper(policy, bench_deps(client, etags))
     report = reaper.run(mode="report")
     doc = report.model_dump(mode="json")
     return {"locks": doc["summary"]["locks_scanned"], "outcomes": doc["summary"]["outcomes"],
@@ -430,7 +428,7 @@ def bench_p1(args: argparse.Namespace, server: MotoServer, ci: CIServer, ds: Dat
     cases: dict[str, Callable[[], Any]] = {
         "bare_scan": lambda: bare_scan(client, TABLE),
         "projected_scan": lambda: projected_scan(client, TABLE),
-        "reaper_cycle": lambda: reaper_cycle(policy_text, client, with_ci),
+        "reaper_cycle": lambda: reaper_cycle(policy_text, client),
     }
     if with_ci:
         get = naive_ci_get(ci.url)
@@ -509,12 +507,12 @@ def bench_p2(args: argparse.Namespace, server: MotoServer, ci: CIServer, ds: Dat
 
     etags = EtagCache()  # one warm Lambda: the cache outlives the run
     policy_text = bench_policy(TABLE, ci.url)
-    first = reaper_cycle(policy_text, client, True, etags)
-    second = reaper_cycle(policy_text, client, True, etags)
+    first = reaper_cycle(policy_text, client, etags)
+    second = reaper_cycle(policy_text, client, etags)
     c1, c2 = ci_calls(first["liveness_api_calls"]), ci_calls(second["liveness_api_calls"])
 
     # locks under their rule's age: a policy whose max_age no lock reaches must make no call at all
-    young = reaper_cycle(bench_policy(TABLE, ci.url, max_age="1000d"), client, True, EtagCache())
+    young = reaper_cycle(bench_policy(TABLE, ci.url, max_age="1000d"), client, EtagCache())
     c_young = ci_calls(young["liveness_api_calls"])
     ok = c_young["total"] == 0 and c1["total"] <= bound
     return {
@@ -562,7 +560,7 @@ def rss_probe(endpoint: str, table: str, what: str) -> dict[str, Any]:
     """Runs in a fresh subprocess: import everything first, then scan, then report the peak RSS."""
     from reaper.policy import parse_policy
     from reaper.stores.dynamodb import DynamoDBLockStore
-    from reaper.wiring import build_reaper
+    from reaper.wiring import Deps, build_reaper
 
     client = dynamodb_client(endpoint)
     client.describe_table(TableName=table)
@@ -572,7 +570,7 @@ def rss_probe(endpoint: str, table: str, what: str) -> dict[str, Any]:
         locks = sum(1 for _ in store.scan())
         items = store.stats()["items"]
     else:
-        reaper = build_reaper(parse_policy(bench_policy(table, None)), client_factory=lambda s, r=None: client)
+        reaper = build_reaper(parse_policy(bench_policy(table, None)), Deps(client_factory=lambda s, r=None: client))
         report = reaper.run(mode="report")
         report.model_dump(mode="json")
         locks, items = report.summary.locks_scanned, report.summary.items_scanned

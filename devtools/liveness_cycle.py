@@ -65,7 +65,7 @@ def realistic_cycle(audit_dir: str, seed: int = 7) -> dict[str, Any]:
 
     from reaper.policy import parse_policy
     from reaper.engine import Reaper
-    from reaper.liveness.build import build_liveness
+    from reaper.wiring import Deps, build_components
     from reaper.liveness.claims import Claim, ClaimStore
     from reaper.http.client import EtagCache
     from reaper.stores.memory import InMemoryLockStore
@@ -138,8 +138,10 @@ def realistic_cycle(audit_dir: str, seed: int = 7) -> dict[str, Any]:
         cycles = []
         env = {"BENCH_GH_TOKEN": GH_TOKEN, "BENCH_GL_TOKEN": GL_TOKEN}
         for n, at in enumerate((now, now + timedelta(minutes=15))):
-            liveness = build_liveness(policy, factory, env=env, etags=etags, sleep=lambda s: None)
-            report = Reaper(policy, [store], clock=lambda at=at: at, liveness=liveness,
+            # the Lambda's wiring (one build per run), with this fleet's in-memory store and a null audit
+            deps = Deps(client_factory=factory, env=env, etags=etags, sleep=lambda s: None, clock=lambda at=at: at)
+            parts = build_components(policy, deps, sinks=False)
+            report = Reaper(policy, [store], clock=deps.clock, liveness=parts.liveness,
                             audit=_NullAudit()).run(mode="enforce")
             candidates = sum(1 for e in report.locks if e.liveness != "not_checked")
             cycles.append({

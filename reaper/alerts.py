@@ -5,7 +5,8 @@
 - EventBridgeAlertSink: one event per reaped lock (source ``lock-reaper``,
   detail-type ``Terraform Lock Reaped``).
 - MetricsAlertSink: Powertools Metrics (EMF) counts for every run.
-Each sink is quiet when there is nothing to say.
+Each sink is quiet when there is nothing to say. Sinks are told in ascending
+``order`` (``reaper.ports``): the metrics sink last.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 from typing import Any
 
 from .models import Outcome
+from .ports import ORDER_METRICS, ORDER_NOTIFY
 from .report import METRIC_DURATION, RunReport
 
 SNS_MAX_BYTES = 256 * 1024
@@ -48,6 +50,7 @@ def sns_message(report: RunReport) -> tuple[str, str]:
 
 class SnsAlertSink:
     name = "sns"
+    order = ORDER_NOTIFY
 
     def __init__(self, client: Any, topic_arn: str):
         self.client = client
@@ -63,6 +66,7 @@ class SnsAlertSink:
 
 class EventBridgeAlertSink:
     name = "eventbridge"
+    order = ORDER_NOTIFY
 
     def __init__(self, client: Any, event_bus: str = "default", source: str = "lock-reaper"):
         self.client = client
@@ -96,6 +100,7 @@ class MetricsAlertSink:
     """Adds the run's counts to a Powertools ``Metrics`` object (flushed by its owner)."""
 
     name = "metrics"
+    order = ORDER_METRICS  # last: its Errors count includes the alerts that failed before it
 
     def __init__(self, metrics: Any, namespace: str | None = None):
         self.metrics = metrics

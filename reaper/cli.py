@@ -233,27 +233,26 @@ def _put_back(policy: Policy, record: dict[str, Any]) -> str:
     stores = {s.name: s for s in build_stores(policy)}
     store = stores.get(record["store"])
     if store is None:
-        raise ValueError(f"store {record['store']!r} from the audit record is not in the policy's stores ({', '.join(stores) or 'none'})")
+        raise ValueError(f"store {record['store']!r} from the audit record is not in the policy's stores "
+                         f"({', '.join(stores) or 'none'})")
     return store.restore(record["item"])
 
 
 def _explain(policy: Policy, args: argparse.Namespace, out, err) -> int:
     from .commands.explain import explain_lock, render, to_json
-    from .wiring import build_liveness, build_stores, store_checkers, utc_now
+    from .wiring import Deps, build_components
 
-    try:
-        stores = build_stores(policy)
-        liveness = build_liveness(policy)
-        for extra in store_checkers(policy, stores):  # as build_reaper does: explain shows what a run decides
-            liveness.register(extra)
+    deps = Deps.default()
+    try:  # the stores and checkers a run builds (the HCP run checker too): explain shows what a run decides
+        parts = build_components(policy, deps, sinks=False)
     except Exception as exc:
         return _explain_error(args, out, err, EXIT_CONFIG, "setup_error", f"cannot set up: {type(exc).__name__}: {exc}")
-    locks, near, failed = _lookup(stores, args.lock_path)
+    locks, near, failed = _lookup(parts.stores, args.lock_path)
     if not locks:
-        return _explain_missing(args, out, err, stores, near, failed)
+        return _explain_missing(args, out, err, parts.stores, near, failed)
     for f in failed:
         print(f"warning: cannot read store {f['store']} ({f['code']}): {f['message']}", file=err)
-    docs = [explain_lock(lock, policy, liveness, utc_now(), check_anyway=args.check_anyway) for lock in locks]
+    docs = [explain_lock(lock, policy, parts.liveness, deps.clock(), check_anyway=args.check_anyway) for lock in locks]
     if args.json:
         print(to_json(docs), file=out)
     else:

@@ -27,7 +27,7 @@ class ScheduledEvent(BaseModel):
 
 
 def run_scheduled(event: Mapping[str, Any] | None, env: Mapping[str, str], metrics: Any = None, build=None) -> dict[str, Any]:
-    from .wiring import build_reaper
+    from .wiring import Deps, build_reaper
 
     try:
         parsed = ScheduledEvent.model_validate(event or {})
@@ -39,6 +39,6 @@ def run_scheduled(event: Mapping[str, Any] | None, env: Mapping[str, str], metri
         )
         raise InvalidEvent(f"invalid event: {problems}") from None
     policy = load_policy(env.get("REAPER_POLICY_FILE", DEFAULT_POLICY), env=env)
-    reaper = (build or build_reaper)(policy, metrics=metrics)
+    reaper = (build or build_reaper)(policy, Deps(env=env), metrics=metrics)  # tokens from the invocation's env
     report = reaper.run(mode=parsed.mode or policy.mode)
     return report.model_dump(mode="json")

@@ -1,129 +1,273 @@
-"""Composition root: build the real adapters (boto3 clients) from a Policy.
+"""Composition root: the one place that builds the adapters of a run from a Policy.
 
-The only place that creates AWS clients. Standard AWS environment variables
+``build_components(policy, deps)`` builds the stores, the composite liveness
+checker (claims, GitHub, GitLab, state activity, and each store's own checker:
+HCP Terraform run status), the audit sink and the alert sinks; ``build_reaper``
+puts them in a ``Reaper``. ``Deps`` is everything from outside the policy: the
+boto3 client factory, the HTTP pool, the ETag cache, the API call counter, the
+clock, ``sleep`` and the environment (tokens). The Lambda, the CLI, the benchmark
+and the devtools pass their own ``Deps``; nothing else builds adapters.
+
+Every store and provider config type has a ``case`` in ``_store`` or
+``_provider``; ``assert_never`` makes mypy report one that has none (at run time it
+raises), so a configured store is never silently left unscanned.
+
+Built once per run: the memo of API answers and the call counter live exactly one
+run; the ETag cache (``http.client.SHARED_ETAGS``) and the secrets cache
+(Powertools) outlive it in a warm Lambda. Standard AWS environment variables
 (AWS_REGION, AWS_PROFILE, AWS_ENDPOINT_URL, ...) apply as usual.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime, timezone
-from typing import Any
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, assert_never
+
+import urllib3
 
 from . import aws
-from .policy import Policy
+from .alerts import EventBridgeAlertSink, MetricsAlertSink, SnsAlertSink
+from .audit import LocalDirAuditSink, S3AuditSink, TeeAuditSink
 from .engine import Progress, Reaper
-from .ports import AlertSink, AuditSink, LockStore
+from .http.client import ApiCounter, EtagCache, HttpLimits, JsonApi, new_pool
+from .http.tokens import GitHubAppToken, SecretsSource, StaticToken, github_header, gitlab_header
+from .liveness.claims import ClaimStore
+from .liveness.composite import ClaimsChecker, CompositeChecker
+from .liveness.github import GITHUB_HEADERS, GitHubApi, GitHubClaimVerifier, GitHubReposChecker, GitHubRunnersChecker
+from .liveness.gitlab import GitLabApi, GitLabClaimVerifier, GitLabJobsChecker
+from .liveness.hcp_runs import HCPRunChecker
+from .liveness.state_activity import StateActivityChecker
+from .policy import Policy
+from .policy.liveness import GitHubProvider, GitLabProvider, Provider
+from .policy.schema import DynamoDBStoreConfig, GitLabStateStoreConfig, HCPStoreConfig, S3StoreConfig, StoreConfig
+from .ports import AlertSink, AuditSink, Checker, ClaimVerifier, Clock, LivenessChecker, LockStore
+from .stores.dynamodb import DynamoDBLockStore
+from .stores.gitlab_state import GitLabStateStore
+from .stores.hcp import HCPWorkspaceStore
+from .stores.s3 import S3LockFileStore
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
-def build_stores(policy: Policy, client_factory: Callable[..., Any] = aws.client, **http_kw: Any) -> list[LockStore]:
-    from .stores.dynamodb import DynamoDBLockStore
-    from .stores.s3 import S3LockFileStore
+@dataclass(frozen=True)
+class Deps:
+    """What a run takes from outside the policy. Every field has a production default."""
 
+    client_factory: aws.ClientFactory = aws.client  # (service, region=None) -> boto3 client
+    pool: urllib3.PoolManager | None = None  # None: one per build, trusting the policy's liveness.http.ca_bundle
+    etags: EtagCache | None = None  # None: the process-wide SHARED_ETAGS (kept by a warm Lambda)
+    counter: ApiCounter | None = None  # None: a fresh one per build, so the report counts one run's calls
+    clock: Clock = field(default_factory=lambda: utc_now)  # read when the Deps is made (tests patch utc_now)
+    sleep: Callable[[float], None] = time.sleep
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ)  # token_env variables
+
+    @classmethod
+    def default(cls, **overrides: Any) -> Deps:
+        return cls(**overrides)
+
+
+@dataclass
+class Components:
+    """The adapters of one run."""
+
+    stores: list[LockStore]
+    liveness: CompositeChecker  # with each store's own checkers registered
+    audit: AuditSink | None
+    alerts: list[AlertSink]
+
+
+@dataclass
+class _Run:
+    """One build: the policy, its Deps, and what every adapter of the run shares."""
+
+    policy: Policy
+    deps: Deps
+    pool: urllib3.PoolManager
+    counter: ApiCounter
+    secrets: SecretsSource
+
+    @classmethod
+    def start(cls, policy: Policy, deps: Deps) -> _Run:
+        cfg = policy.liveness
+        max_age: timedelta = cfg.secret_max_age
+        return cls(
+            policy, deps,
+            pool=deps.pool or new_pool(ca_bundle=cfg.http.ca_bundle),
+            counter=deps.counter or ApiCounter(),
+            secrets=SecretsSource(max_age=int(max_age.total_seconds()), client_factory=deps.client_factory),
+        )
+
+
+# ---------------------------------------------------------------------------- entry points
+def build_components(policy: Policy, deps: Deps | None = None, *, metrics: Any = None, sinks: bool = True) -> Components:
+    """Everything a run needs. ``sinks=False`` leaves out audit and alerts (for read-only commands: explain)."""
+    run = _Run.start(policy, deps or Deps.default())
+    stores, own_checkers = _stores(run)
+    liveness = _liveness(run, stores, own_checkers)
+    if not sinks:
+        return Components(stores, liveness, None, [])
+    return Components(stores, liveness, _audit(run), _alerts(run, metrics))
+
+
+def build_reaper(policy: Policy, deps: Deps | None = None, *, metrics: Any = None, progress: Progress | None = None,
+                 liveness: LivenessChecker | None = None) -> Reaper:
+    """The run the Lambda and the CLI make. ``liveness`` replaces the policy's checker (tests)."""
+    deps = deps or Deps.default()
+    c = build_components(policy, deps, metrics=metrics)
+    return Reaper(policy=policy, stores=c.stores, clock=deps.clock, liveness=liveness or c.liveness,
+                  audit=c.audit, alerts=c.alerts, progress=progress)
+
+
+def build_stores(policy: Policy, deps: Deps | None = None) -> list[LockStore]:
+    """The policy's stores alone (restore, and tests that bring their own checker)."""
+    return _stores(_Run.start(policy, deps or Deps.default()))[0]
+
+
+def build_audit(policy: Policy, deps: Deps | None = None) -> AuditSink | None:
+    return _audit(_Run.start(policy, deps or Deps.default()))
+
+
+def build_liveness(policy: Policy, client_factory: aws.ClientFactory = aws.client, **deps: Any) -> CompositeChecker:
+    """The composite checker as ``build_components`` builds it (``deps``: other ``Deps`` fields), for
+    tests and tools that bring their own stores and audit."""
+    return build_components(policy, Deps(client_factory=client_factory, **deps), sinks=False).liveness
+
+
+# ---------------------------------------------------------------------------- stores
+def _stores(run: _Run) -> tuple[list[LockStore], list[Checker]]:
+    """The stores, in the policy's order, and the liveness checkers that come with them."""
     stores: list[LockStore] = []
-    for sc in policy.stores:
-        if sc.type == "dynamodb":
-            stores.append(
-                DynamoDBLockStore(client_factory("dynamodb", sc.region), sc.table, segments=sc.segments, page_size=sc.page_size)
-            )
-        elif sc.type == "s3":
-            stores.append(S3LockFileStore(client_factory("s3", sc.region), sc.bucket, list(sc.prefixes), page_size=sc.page_size))
-        elif sc.type in ("hcp", "gitlab"):
-            stores.append(_http_store(policy, sc, client_factory, **http_kw))
-    return stores
+    checkers: list[Checker] = []
+    for sc in run.policy.stores:
+        store, own = _store(sc, run)
+        stores.append(store)
+        checkers.extend(own)
+    return stores, checkers
 
 
-def _http_store(policy: Policy, sc: Any, client_factory: Callable[..., Any], *, pool: Any = None,
-                env: Any = None, secrets: Any = None, sleep: Callable[[float], None] | None = None) -> LockStore:
-    """An HCP Terraform or GitLab state store on the shared urllib3 JSON client (reaper.http.client)."""
-    import os
-    import time
-
-    from .http.client import HttpLimits, JsonApi, new_pool
-    from .http.tokens import SecretsSource, StaticToken, github_header
-    from .stores.gitlab_state import GitLabStateStore
-    from .stores.hcp import HCPWorkspaceStore
-
-    http = getattr(getattr(policy, "liveness", None), "http", None)
-    auth = StaticToken(github_header, secret=sc.token_secret, env_var=sc.token_env,
-                       env=os.environ if env is None else env,
-                       secrets=secrets or SecretsSource(client_factory=client_factory))
-    api = JsonApi(
-        sc.name, sc.base_url, pool or new_pool(ca_bundle=getattr(http, "ca_bundle", None)), auth,
-        # HCP Terraform reports X-RateLimit-Remaining per second (30): only 0 means wait
-        limits=HttpLimits.for_store(sc, rate_limit_reserve=0 if sc.type == "hcp" else 10, max_calls=100000),
-        extra_headers={"Accept": "application/vnd.api+json"} if sc.type == "hcp" else None, sleep=sleep or time.sleep,
-    )
-    if sc.type == "hcp":
-        return HCPWorkspaceStore(api, list(sc.organizations), page_size=sc.page_size, grace=sc.grace)
-    return GitLabStateStore(api, list(sc.projects), read_lock_id=sc.read_lock_id, page_size=sc.page_size)
+def _store(sc: StoreConfig, run: _Run) -> tuple[LockStore, list[Checker]]:
+    """Config -> builder, one case per store type (``reaper.policy.schema.StoreConfig``)."""
+    f = run.deps.client_factory
+    match sc:
+        case DynamoDBStoreConfig():
+            return DynamoDBLockStore(f("dynamodb", sc.region), sc.table, segments=sc.segments, page_size=sc.page_size), []
+        case S3StoreConfig():
+            return S3LockFileStore(f("s3", sc.region), sc.bucket, list(sc.prefixes), page_size=sc.page_size), []
+        case HCPStoreConfig():
+            # HCP Terraform reports X-RateLimit-Remaining per second (30): only 0 means wait
+            api = _store_api(sc, run, reserve=0, headers={"Accept": "application/vnd.api+json"})
+            store = HCPWorkspaceStore(api, list(sc.organizations), page_size=sc.page_size)
+            return store, [HCPRunChecker(api, store.name, sc.grace)]
+        case GitLabStateStoreConfig():
+            api = _store_api(sc, run, reserve=10, headers=None)
+            return GitLabStateStore(api, list(sc.projects), read_lock_id=sc.read_lock_id, page_size=sc.page_size), []
+        case _:
+            assert_never(sc)
 
 
-def store_checkers(policy: Policy, stores: list[LockStore]) -> list[Any]:
-    """Liveness checkers that come with a store (HCP Terraform run status), for the composite."""
-    from .stores.hcp import HCPRunChecker, HCPWorkspaceStore
+def _store_api(sc: HCPStoreConfig | GitLabStateStoreConfig, run: _Run, *, reserve: int,
+               headers: dict[str, str] | None) -> JsonApi:
+    """An HTTP state store's API client, on the run's shared pool and call counter."""
+    auth = StaticToken(github_header, secret=sc.token_secret, env_var=sc.token_env, env=run.deps.env, secrets=run.secrets)
+    return JsonApi(sc.name, sc.base_url, run.pool, auth,
+                   limits=HttpLimits.for_store(sc, rate_limit_reserve=reserve, max_calls=100000),
+                   counter=run.counter, etags=run.deps.etags, extra_headers=headers, sleep=run.deps.sleep)
 
-    return [HCPRunChecker(s, s.grace) for s in stores if isinstance(s, HCPWorkspaceStore)]
+
+# ---------------------------------------------------------------------------- liveness
+@dataclass
+class _Evidence:
+    """What the providers contribute, gathered before the composite is assembled."""
+
+    verifiers: dict[str, ClaimVerifier] = field(default_factory=dict)  # provider label -> claim verifier
+    api_urls: dict[str, str] = field(default_factory=dict)  # provider label -> normalised api_url
+    github_repos: dict[str, tuple[GitHubApi, list[str]]] = field(default_factory=dict)
+    gitlab: dict[str, tuple[GitLabApi, list[str], list[str]]] = field(default_factory=dict)
+    runners: list[GitHubRunnersChecker] = field(default_factory=list)
 
 
-def build_audit(policy: Policy, client_factory: Callable[..., Any] = aws.client) -> AuditSink | None:
-    from .audit import LocalDirAuditSink, S3AuditSink, TeeAuditSink
+def _liveness(run: _Run, stores: list[LockStore], own_checkers: list[Checker]) -> CompositeChecker:
+    """Claims, self-hosted runners, repo and project mappings, state activity, then the stores' own checkers.
+    Locks of an ``own_evidence`` store are judged by their own checker only, never by runners or mappings."""
+    policy, cfg, f = run.policy, run.policy.liveness, run.deps.client_factory
+    own = frozenset(s.name for s in stores if s.traits.own_evidence)
+    found = _Evidence()
+    for p in cfg.providers:
+        found.api_urls[p.label] = p.api_url.rstrip("/")
+        _provider(p, run, found, own)
+    checkers: list[Checker] = []
+    if cfg.claims is not None:
+        claims = ClaimStore(f("dynamodb", cfg.claims.region), cfg.claims.table, run.counter)
+        checkers.append(ClaimsChecker(claims, found.verifiers, found.api_urls))
+    checkers.extend(found.runners)
+    if found.github_repos and any(r.liveness and r.liveness.github_repos for r in policy.rules):
+        checkers.append(GitHubReposChecker(found.github_repos, policy, own))
+    if found.gitlab:
+        checkers.append(GitLabJobsChecker(found.gitlab, policy, own))
+    if cfg.state_activity.enabled:
+        checkers.append(StateActivityChecker(f("s3"), cfg.state_activity.window, run.counter))
+    return CompositeChecker([*checkers, *own_checkers], run.counter)
 
-    sinks: list[Any] = []
-    if policy.audit.s3_bucket:
-        sinks.append(S3AuditSink(client_factory("s3"), policy.audit.s3_bucket, policy.audit.prefix))
-    if policy.audit.local_dir:
-        sinks.append(LocalDirAuditSink(policy.audit.local_dir))
+
+def _provider(p: Provider, run: _Run, found: _Evidence, own: frozenset[str]) -> None:
+    """Config -> builder, one case per provider type (``reaper.policy.liveness.Provider``)."""
+    grace, skew = run.policy.liveness.grace, run.policy.clock_skew
+    match p:
+        case GitHubProvider():
+            gh = GitHubApi(_provider_api(p, run, GITHUB_HEADERS, _github_auth(p, run)), p.label)
+            found.verifiers[p.label] = GitHubClaimVerifier(gh, grace, skew)
+            found.github_repos[p.label] = (gh, list(p.active_run_statuses))
+            if p.runners:
+                found.runners.append(GitHubRunnersChecker(gh, list(p.runners), own))
+        case GitLabProvider():
+            auth = StaticToken(gitlab_header, secret=p.token_secret, secrets=run.secrets, env_var=p.token_env,
+                               env=run.deps.env)
+            gl = GitLabApi(_provider_api(p, run, None, auth), p.label, list(p.live_job_scopes))
+            found.verifiers[p.label] = GitLabClaimVerifier(gl, grace, skew)
+            found.gitlab[p.label] = (gl, list(p.runner_hosts), list(p.runner_users))
+        case _:
+            assert_never(p)
+
+
+def _github_auth(p: GitHubProvider, run: _Run) -> Callable[[], dict[str, str]]:
+    if p.app is not None:
+        token_api = _provider_api(p, run, GITHUB_HEADERS, None)
+        return GitHubAppToken(token_api, p.app.app_id, p.app.installation_id, p.app.private_key_secret, run.secrets)
+    return StaticToken(github_header, secret=p.token_secret, secrets=run.secrets, env_var=p.token_env, env=run.deps.env)
+
+
+def _provider_api(p: GitHubProvider | GitLabProvider, run: _Run, headers: dict[str, str] | None,
+                  auth: Callable[[], dict[str, str]] | None) -> JsonApi:
+    return JsonApi(p.label, p.api_url, run.pool, auth, limits=HttpLimits.from_policy(run.policy.liveness.http, p.timeout),
+                   counter=run.counter, etags=run.deps.etags, extra_headers=headers, sleep=run.deps.sleep)
+
+
+# ---------------------------------------------------------------------------- sinks
+def _audit(run: _Run) -> AuditSink | None:
+    a, f = run.policy.audit, run.deps.client_factory
+    sinks: list[AuditSink] = []
+    if a.s3_bucket:
+        sinks.append(S3AuditSink(f("s3"), a.s3_bucket, a.prefix))
+    if a.local_dir:
+        sinks.append(LocalDirAuditSink(a.local_dir))
     if not sinks:
         return None
     return sinks[0] if len(sinks) == 1 else TeeAuditSink(*sinks)
 
 
-def build_alerts(policy: Policy, metrics: Any = None, client_factory: Callable[..., Any] = aws.client) -> list[AlertSink]:
-    from .alerts import EventBridgeAlertSink, MetricsAlertSink, SnsAlertSink
-
+def _alerts(run: _Run, metrics: Any) -> list[AlertSink]:
+    a, f = run.policy.alerts, run.deps.client_factory
     sinks: list[AlertSink] = []
-    a = policy.alerts
     if a.sns_topic_arn:
-        region = a.sns_topic_arn.split(":")[3]
-        sinks.append(SnsAlertSink(client_factory("sns", region), a.sns_topic_arn))
+        sinks.append(SnsAlertSink(f("sns", a.sns_topic_arn.split(":")[3]), a.sns_topic_arn))
     if a.event_bus:
-        sinks.append(EventBridgeAlertSink(client_factory("events"), a.event_bus, a.event_source))
+        sinks.append(EventBridgeAlertSink(f("events"), a.event_bus, a.event_source))
     if a.metrics.enabled and metrics is not None:
         sinks.append(MetricsAlertSink(metrics, namespace=a.metrics.namespace))
     return sinks
-
-
-def build_liveness(policy: Policy, client_factory: Callable[..., Any] = aws.client, **kw: Any) -> Any:
-    """The composite liveness checker (claims, GitHub, GitLab, state activity) for one run."""
-    from .liveness.build import build_liveness as _build
-
-    return _build(policy, client_factory, **kw)
-
-
-def build_reaper(
-    policy: Policy,
-    metrics: Any = None,
-    progress: Progress | None = None,
-    client_factory: Callable[..., Any] = aws.client,
-    clock: Callable[[], datetime] = utc_now,
-    liveness: Any = None,
-) -> Reaper:
-    stores = build_stores(policy, client_factory)
-    checker = liveness if liveness is not None else build_liveness(policy, client_factory)
-    for extra in store_checkers(policy, stores):
-        if hasattr(checker, "register"):
-            checker.register(extra)
-    return Reaper(
-        policy=policy,
-        stores=stores,
-        clock=clock,
-        liveness=checker,
-        audit=build_audit(policy, client_factory),
-        alerts=build_alerts(policy, metrics, client_factory),
-        progress=progress,
-    )

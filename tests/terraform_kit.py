@@ -18,7 +18,7 @@ import pytest
 
 from devtools.terraform import LOCK_ERROR, HeldApply, TerraformWorkdir, cached_terraform_1_0_3, get_item, terraform_on_path
 from reaper.policy import load_policy
-from reaper.wiring import build_reaper
+from reaper.wiring import Deps, build_reaper
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,7 +70,7 @@ def require_terraform(which: str) -> Path:
 
 def reap_at(policy_path: Path, at: datetime, env: Mapping[str, str] | None = None) -> Any:
     """One enforce-mode run of the whole production wiring with the clock at ``at``."""
-    report = build_reaper(load_policy(policy_path, env=env), clock=lambda: at).run(mode="enforce")
+    report = build_reaper(load_policy(policy_path, env=env), Deps(clock=lambda: at)).run(mode="enforce")
     assert report.summary.store_errors == 0, report.stores
     assert not [e for e in report.locks if e.key.endswith("-md5")], "digests are never locks"
     assert report.summary.digests_skipped >= 1

@@ -17,7 +17,7 @@ import pytest
 from devtools.locks import create_lock_table, digest_item, info_json, lock_item
 from reaper.cli import main
 from reaper.models import Outcome
-from reaper.wiring import build_reaper
+from reaper.wiring import Deps, build_reaper
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "terraform-locks"
@@ -290,7 +290,7 @@ def test_json_report_is_stable(ddb: Any, tmp_path: Path) -> None:
     policy.write_text(policy.read_text().replace(f"table: {TABLE}}}", f"table: {TABLE}, segments: 4}}"))
 
     def build(p, progress=None):
-        return build_reaper(p, progress=progress, clock=lambda: now)
+        return build_reaper(p, Deps(clock=lambda: now), progress=progress)
 
     docs = []
     for _ in range(3):

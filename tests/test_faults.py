@@ -628,8 +628,7 @@ def fake_ci() -> Iterator[Any]:
 
 
 def ci_run(world: World, fake: Any, sleeps: list[float] | None = None) -> tuple[RunReport, dict[str, float]]:
-    pytest.importorskip("reaper.liveness.build")
-    from reaper.liveness.build import build_liveness
+    from reaper.wiring import build_liveness
     from reaper.http.client import EtagCache
 
     policy = ci_policy(fake)

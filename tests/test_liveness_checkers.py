@@ -1,6 +1,6 @@
 """Every liveness path through the real checkers (fake CI over HTTP, moto for AWS) and the decision.
 
-Each test builds the composite exactly as the Lambda does (reaper.liveness.build),
+Each test builds the composite exactly as the Lambda does (reaper.wiring),
 asks it about one lock and feeds the answer to the pure decision.
 """
 
@@ -18,7 +18,7 @@ from devtools.fake_ci import FakeCI, rate_limited
 from devtools.locks import create_claims_table, info_json
 from reaper.policy import parse_policy
 from reaper.decision import decide
-from reaper.liveness.build import build_liveness
+from reaper.wiring import build_liveness
 from reaper.liveness.claims import Claim, ClaimStore
 from reaper.liveness.composite import CompositeChecker
 from reaper.liveness.facts import alive as alive_fact

@@ -200,7 +200,7 @@ def test_real_terraform_lock_joined_to_its_claim(world, tmp_path: Path) -> None:
     from devtools.terraform import S3Backend, TerraformWorkdir
     from reaper.policy import load_policy
     from reaper.liveness.identity import terraform_who
-    from reaper.wiring import build_reaper
+    from reaper.wiring import Deps, build_reaper
     from terraform_kit import require_terraform
 
     binary = require_terraform("1.0.3")
@@ -222,13 +222,13 @@ def test_real_terraform_lock_joined_to_its_claim(world, tmp_path: Path) -> None:
 
     policy = load_policy(policy_path, env=os.environ)
     later = created + timedelta(hours=3)
-    report = build_reaper(policy, clock=lambda: later).run(mode="enforce")
+    report = build_reaper(policy, Deps(clock=lambda: later)).run(mode="enforce")
     [entry] = [e for e in report.locks if e.lock_path == backend.lock_id()]
     assert entry.outcome.value == "kept" and entry.liveness == "alive", entry.reasons
 
     job["status"], job["conclusion"] = "completed", "cancelled"
     job["completed_at"] = (later - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    report = build_reaper(load_policy(policy_path, env=os.environ), clock=lambda: later).run(mode="enforce")
+    report = build_reaper(load_policy(policy_path, env=os.environ), Deps(clock=lambda: later)).run(mode="enforce")
     [entry] = [e for e in report.locks if e.lock_path == backend.lock_id()]
     assert entry.outcome.value == "reaped" and entry.liveness == "dead", entry.reasons
     assert tf.plan("v2").returncode == 0, "terraform works again"

@@ -16,7 +16,7 @@ from devtools.fake_ci import FakeCI
 from devtools.locks import create_claims_table, info_json
 from reaper.policy import parse_policy
 from reaper.engine import Reaper
-from reaper.liveness.build import build_liveness
+from reaper.wiring import build_liveness
 from reaper.liveness.claims import Claim, ClaimStore
 from reaper.liveness.github import GITHUB_HEADERS
 from reaper.http.client import AuthError, EtagCache, HttpLimits, JsonApi, new_pool

@@ -47,7 +47,7 @@ from devtools.fake_ci import FakeCI
 from devtools.locks import create_claims_table, info_json
 from reaper.policy import ConfigError, parse_policy
 from reaper.decision import decide
-from reaper.liveness.build import build_liveness
+from reaper.wiring import build_liveness
 from reaper.liveness.claims import Claim, ClaimStore
 from reaper.liveness.composite import CompositeChecker
 from reaper.http.client import EtagCache
@@ -60,13 +60,14 @@ PATH = "tfstate/prod/app.tfstate"
 
 
 def make_policy(fake: FakeCI, *, runners: list[dict[str, Any]] | None = None, mapping: dict[str, Any] | None = None,
-                max_pages: int = 10) -> Any:
+                max_pages: int = 10, stores: list[dict[str, Any]] | None = None) -> Any:
     rule: dict[str, Any] = {"name": "all", "match": "*", "max_age": "2h", "hard_max_age": "2d"}
     if mapping:
         rule["liveness"] = mapping
     doc = {
         "mode": "report",
         "rules": [rule],
+        **({"stores": stores} if stores else {}),
         "liveness": {
             "grace": "5m",
             "claims": {"table": "claims"},
@@ -296,7 +297,8 @@ def test_runner_check_needs_a_terraform_user_at_host(fake: FakeCI, aws, lock: Lo
 ], ids=["github-repos", "gitlab-projects"])
 def test_ci_mappings_do_not_judge_hcp_terraform_locks(fake: FakeCI, aws, mapping: dict[str, Any]) -> None:
     # a manual lock by a user: HCP Terraform knows no run for it, so hard_max_age (2d) governs, not max_age (2h)
-    policy = make_policy(fake, mapping=mapping)
+    # the wiring tells the checkers which stores judge their own locks (traits.own_evidence): the HCP store
+    policy = make_policy(fake, mapping=mapping, stores=[{"type": "hcp", "organizations": ["acme"], "token_env": "HCP_TOKEN"}])
     fake.gl_jobs[77] = []  # no live job in the mapped project, no run in the mapped repo
     lock = api_lock("hcp:app.terraform.io", "user alice", "ws-1", "acme/prod-network", "users:user-abc", timedelta(hours=3))
     detailed, d = final(policy, lock, make_checker(policy))

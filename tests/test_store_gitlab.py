@@ -21,7 +21,7 @@ from reaper.policy import Policy, parse_policy
 from reaper.engine import Reaper
 from reaper.models import LivenessFact, LockRecord, Outcome
 from reaper.stores.gitlab_state import PROBE_PREFIX, GitLabStateStore
-from reaper.wiring import build_stores
+from reaper.wiring import Deps, build_stores
 from testkit import ListAudit
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
@@ -65,7 +65,7 @@ stores:
 
 
 def build(fake: FakeGitLab, policy: Policy, token: str = TOKEN, sleeps: list[float] | None = None) -> tuple[GitLabStateStore, Reaper, ListAudit]:
-    stores = build_stores(policy, env={"GITLAB_TOKEN": token}, sleep=(sleeps if sleeps is not None else []).append)
+    stores = build_stores(policy, Deps(env={"GITLAB_TOKEN": token}, sleep=(sleeps if sleeps is not None else []).append))
     store = stores[0]
     store.clock = lambda: NOW  # type: ignore[attr-defined]
     audit = ListAudit()

@@ -19,10 +19,10 @@ import pytest
 from devtools.fake_hcp import FakeHCP
 from reaper.policy import Policy, parse_policy
 from reaper.engine import Reaper
-from reaper.liveness.composite import CompositeChecker
 from reaper.models import Liveness, Outcome
-from reaper.stores.hcp import HCPRunChecker, HCPWorkspaceStore
-from reaper.wiring import build_stores, store_checkers
+from reaper.liveness.hcp_runs import HCPRunChecker
+from reaper.stores.hcp import HCPWorkspaceStore
+from reaper.wiring import Deps, build_components, build_stores
 from testkit import ListAudit
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
@@ -57,10 +57,10 @@ stores:
 
 def build(fake: FakeHCP, policy: Policy, sleeps: list[float] | None = None) -> tuple[HCPWorkspaceStore, Reaper, ListAudit]:
     rec = sleeps if sleeps is not None else []
-    stores = build_stores(policy, env={"HCP_TOKEN": fake.token}, sleep=rec.append)
+    c = build_components(policy, Deps(env={"HCP_TOKEN": fake.token}, sleep=rec.append))
     audit = ListAudit()
-    reaper = Reaper(policy, stores, clock=lambda: NOW, liveness=CompositeChecker(store_checkers(policy, stores)), audit=audit)
-    return stores[0], reaper, audit  # type: ignore[return-value]
+    reaper = Reaper(policy, c.stores, clock=lambda: NOW, liveness=c.liveness, audit=audit)
+    return c.stores[0], reaper, audit  # type: ignore[return-value]
 
 
 def run_lock(fake: FakeHCP, name: str, status: str, started_ago: timedelta, finished_ago: timedelta | None = None,
@@ -133,7 +133,7 @@ def test_every_final_status_counts_as_finished(hcp: FakeHCP, status: str) -> Non
     run_lock(hcp, "ws", status, 5 * H, 3 * H)
     store, _, _ = build(hcp, make_policy(hcp))
     rec = next(iter(store.scan()))
-    fact = HCPRunChecker(store, timedelta(minutes=10)).check(rec, NOW)
+    fact = HCPRunChecker(store.api, store.name, timedelta(minutes=10)).check(rec, NOW)
     assert fact is not None and fact.state is Liveness.DEAD, fact
 
 
@@ -309,11 +309,10 @@ def test_one_failing_organization_does_not_hide_the_others(hcp: FakeHCP) -> None
 def test_bad_token_is_a_store_error(hcp: FakeHCP) -> None:
     run_lock(hcp, "app-prod", "errored", 5 * H, 4 * H)
     pol = make_policy(hcp)
-    stores = build_stores(pol, env={"HCP_TOKEN": "wrong"})
-    report = Reaper(pol, stores, clock=lambda: NOW, liveness=CompositeChecker(store_checkers(pol, stores)),
-                    audit=ListAudit()).run()
+    c = build_components(pol, Deps(env={"HCP_TOKEN": "wrong"}))
+    report = Reaper(pol, c.stores, clock=lambda: NOW, liveness=c.liveness, audit=ListAudit()).run()
     assert report.stores[0].status == "error" and "401" in (report.stores[0].error or "")
-    missing = build_stores(pol, env={})
+    missing = build_stores(pol, Deps(env={}))
     report = Reaper(pol, missing, clock=lambda: NOW, audit=ListAudit()).run()
     assert "HCP_TOKEN is not set" in (report.stores[0].error or "")
 
@@ -326,7 +325,7 @@ def test_token_from_secrets_manager(hcp: FakeHCP, aws: None) -> None:
     run_lock(hcp, "app-prod", "errored", 5 * H, 4 * H)
     pol = make_policy(hcp, token="token_secret: lock-reaper/hcp")
     assert pol.stores[0].token_secret == "lock-reaper/hcp"
-    store = build_stores(pol, env={})[0]
+    store = build_stores(pol, Deps(env={}))[0]
     assert [r.lock_path for r in store.scan()] == ["acme/app-prod"]
 
 
@@ -354,7 +353,7 @@ def test_run_errored_in_the_same_second_as_its_lock_is_the_holder(hcp: FakeHCP) 
     store, reaper, _ = build(hcp, make_policy(hcp))
     rec = next(iter(store.scan()))
     assert rec.info is not None and rec.info.Created == NOW - 5 * H
-    fact = HCPRunChecker(store, timedelta(minutes=10)).check(rec, NOW)
+    fact = HCPRunChecker(store.api, store.name, timedelta(minutes=10)).check(rec, NOW)
     assert fact is not None and fact.state is Liveness.DEAD, fact
     e = reaper.run().locks[0]
     assert e.outcome is Outcome.REAPED and e.liveness == "dead", e.reasons
@@ -372,14 +371,14 @@ def test_run_errored_in_the_second_of_its_millisecond_created_at_is_the_holder(h
     rec = next(iter(store.scan()))
     assert rec.info is not None and rec.info.Created == at + timedelta(milliseconds=400)
     assert rec.raw["age_source"] == "run created-at"
-    fact = HCPRunChecker(store, timedelta(minutes=10)).check(rec, NOW)
+    fact = HCPRunChecker(store.api, store.name, timedelta(minutes=10)).check(rec, NOW)
     assert fact is not None and fact.state is Liveness.DEAD, fact
 
 
 def test_run_errored_in_the_same_second_within_grace_is_alive(hcp: FakeHCP) -> None:
     run_lock(hcp, "app-prod", "errored", timedelta(minutes=3), timedelta(minutes=3))
     store, _, _ = build(hcp, make_policy(hcp))
-    fact = HCPRunChecker(store, timedelta(minutes=10)).check(next(iter(store.scan())), NOW)
+    fact = HCPRunChecker(store.api, store.name, timedelta(minutes=10)).check(next(iter(store.scan())), NOW)
     assert fact is not None and fact.state is Liveness.ALIVE and "grace" in fact.reason, fact
 
 
@@ -387,7 +386,7 @@ def test_run_finished_a_second_before_its_lock_is_not_judged_dead(hcp: FakeHCP) 
     """Inconsistent stamps (finished in an earlier second than the lock's start): unknown, never dead."""
     ws, run = run_lock(hcp, "app-prod", "errored", 5 * H, 5 * H + timedelta(seconds=1))
     store, _, _ = build(hcp, make_policy(hcp))
-    fact = HCPRunChecker(store, timedelta(minutes=10)).check(next(iter(store.scan())), NOW)
+    fact = HCPRunChecker(store.api, store.name, timedelta(minutes=10)).check(next(iter(store.scan())), NOW)
     assert fact is not None and fact.state is Liveness.UNKNOWN, fact
 
 
@@ -396,5 +395,5 @@ def test_final_run_with_an_unreadable_finish_time_is_unknown(hcp: FakeHCP, stamp
     ws, run = run_lock(hcp, "app-prod", "errored", 5 * H, 4 * H)
     hcp.runs[run]["status_timestamps"]["errored-at"] = stamp
     store, _, _ = build(hcp, make_policy(hcp))
-    fact = HCPRunChecker(store, timedelta(minutes=10)).check(next(iter(store.scan())), NOW)
+    fact = HCPRunChecker(store.api, store.name, timedelta(minutes=10)).check(next(iter(store.scan())), NOW)
     assert fact is not None and fact.state is Liveness.UNKNOWN, fact

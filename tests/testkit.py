@@ -36,7 +36,7 @@ class ListAudit:
 class InterceptDelete:
     """Wraps a LockStore: appends the store's name to ``log`` on each delete (in order)
     and calls ``before(lock)`` just before it. Everything else is the inner store's
-    (``pair_first``, ``restorable``, ...)."""
+    (``traits``, ...)."""
 
     def __init__(self, store: Any, before: Callable[[LockRecord], None] | None = None,
                  log: list[str] | None = None) -> None:

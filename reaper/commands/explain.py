@@ -13,11 +13,13 @@ from typing import Any
 
 from ..decision import decide
 from ..durations import format_duration
-from ..models import LockRecord
 from ..liveness.composite import CompositeChecker, Detailed
+from ..models import LockRecord
+from ..policy.schema import Policy
+from ..ports import LockStore
 
 
-def find_locks(stores: list[Any], lock_path: str) -> tuple[list[LockRecord], list[str]]:
+def find_locks(stores: list[LockStore], lock_path: str) -> tuple[list[LockRecord], list[str]]:
     """Every lock whose path (or store key) is ``lock_path``, and the stores that failed."""
     found: list[LockRecord] = []
     errors: list[str] = []
@@ -32,7 +34,7 @@ def find_locks(stores: list[Any], lock_path: str) -> tuple[list[LockRecord], lis
     return found, errors
 
 
-def explain_lock(lock: LockRecord, policy: Any, liveness: CompositeChecker | None, now: datetime,
+def explain_lock(lock: LockRecord, policy: Policy, liveness: CompositeChecker | None, now: datetime,
                  check_anyway: bool = False) -> dict[str, Any]:
     first = decide(lock, policy, now)
     detailed: Detailed | None = None

@@ -10,11 +10,11 @@
 - otherwise -> **unknown** (which means keep).
 
 Every answer's evidence is kept, and the fact names the checkers that were
-asked. A checker is anything with ``check(lock, now)`` (the LivenessChecker
-port) and a ``name``; it says "not applicable" by returning ``None`` or by an
-``applies(lock)`` method returning False. An exception from one checker is an
-unknown answer from it, never a dead one. Another store type (e.g. HCP
-Terraform) adds its own checker with ``register``.
+asked. A checker is a ``reaper.ports.Checker``: a ``name``, ``applies(lock)``
+(False: skipped, not asked) and ``check(lock, now)``, which may still return
+``None`` for "not applicable". An exception from one checker is an unknown answer
+from it, never a dead one. The wiring adds a store's own checker (HCP Terraform
+run status) with ``register``.
 """
 
 from __future__ import annotations
@@ -22,12 +22,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..aws import error_code
 from ..models import Evidence, Liveness, LivenessFact, LockRecord
+from ..ports import Checker, ClaimVerifier
 from .claims import ClaimStore
 from .facts import ev, unknown
 from .identity import parse_who
+
+if TYPE_CHECKING:
+    from ..http.client import ApiCounter
 
 log = logging.getLogger("reaper.liveness")
 
@@ -45,16 +50,12 @@ class Detailed:
     skipped: list[str] = field(default_factory=list)  # not applicable to this lock
 
 
-def _name(checker: Any) -> str:
-    return str(getattr(checker, "name", None) or type(checker).__name__)
-
-
 class CompositeChecker:
-    def __init__(self, checkers: list[Any] | None = None, counter: Any = None):
-        self.checkers: list[Any] = list(checkers or [])
+    def __init__(self, checkers: list[Checker] | None = None, counter: ApiCounter | None = None):
+        self.checkers: list[Checker] = list(checkers or [])
         self.counter = counter
 
-    def register(self, checker: Any, first: bool = False) -> None:
+    def register(self, checker: Checker, first: bool = False) -> None:
         if first:
             self.checkers.insert(0, checker)
         else:
@@ -62,7 +63,7 @@ class CompositeChecker:
 
     @property
     def names(self) -> list[str]:
-        return [_name(c) for c in self.checkers]
+        return [c.name for c in self.checkers]
 
     def stats(self) -> dict[str, Any]:
         """API calls made so far (per kind and status), for the run report and the benchmark."""
@@ -75,10 +76,9 @@ class CompositeChecker:
         answers: list[Answer] = []
         skipped: list[str] = []
         for checker in self.checkers:
-            name = _name(checker)
+            name = checker.name
             try:
-                applies = getattr(checker, "applies", None)
-                if callable(applies) and not applies(lock):
+                if not checker.applies(lock):
                     skipped.append(name)
                     continue
                 result = checker.check(lock, now)
@@ -129,14 +129,14 @@ class ClaimsChecker:
 
     name = "claims"
 
-    def __init__(self, store: ClaimStore, verifiers: dict[str, Any], api_urls: dict[str, str]):
+    def __init__(self, store: ClaimStore, verifiers: dict[str, ClaimVerifier], api_urls: dict[str, str]):
         self.store = store
-        self.verifiers = verifiers  # provider label -> verifier with .verify(claim, lock, now)
+        self.verifiers = verifiers  # provider label -> its verifier
         self.api_urls = api_urls  # provider label -> normalised api_url
 
-    def _verifier(self, provider: str, api_url: str | None) -> tuple[Any, str] | None:
+    def _verifier(self, provider: str, api_url: str | None) -> tuple[ClaimVerifier, str] | None:
         want = (api_url or "").rstrip("/").lower()
-        same_type = [(label, v) for label, v in self.verifiers.items() if getattr(v, "provider_type", "") == provider]
+        same_type = [(label, v) for label, v in self.verifiers.items() if v.provider_type == provider]
         for label, v in same_type:
             if want and self.api_urls.get(label, "").lower() == want:
                 return v, label
@@ -155,9 +155,7 @@ class ClaimsChecker:
         try:
             claim = self.store.latest(who, created)
         except Exception as exc:
-            resp = getattr(exc, "response", None) or {}
-            code = str(resp.get("Error", {}).get("Code", "") or type(exc).__name__)
-            detail = f"claims table query failed ({code})"
+            detail = f"claims table query failed ({error_code(exc)})"
             return unknown(src, detail, ev(src, detail, f"dynamodb://{self.store.table}", "error"))
         if claim is None:
             detail = f"no claim by {who!r} made before the lock was created"

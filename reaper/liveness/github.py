@@ -26,12 +26,15 @@ list per repo).
 from __future__ import annotations
 
 import fnmatch
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 from ..durations import format_duration
+from ..http.client import ApiError, JsonApi
 from ..models import LivenessFact, LockRecord
+from ..policy.liveness import RuleLiveness, RunnerScope
+from ..policy.schema import Policy, Rule
 from .claims import Claim
 from .facts import (
     Memo,
@@ -48,8 +51,7 @@ from .facts import (
     ts,
     unknown,
 )
-from ..http.client import ApiError, JsonApi
-from .identity import OWN_EVIDENCE_STORES, parse_who
+from .identity import parse_who
 
 GITHUB_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
 ACTIVE_JOB_STATUSES = {"queued", "in_progress", "waiting", "requested", "pending"}
@@ -77,7 +79,8 @@ class GitHubApi:
     def attempt_jobs(self, repo: str, run_id: int, attempt: int) -> tuple[list[dict[str, Any]], bool]:
         path = f"repos/{repo}/actions/runs/{run_id}/attempts/{attempt}/jobs"
         return self.memo.get("github.attempt_jobs", (repo, run_id, attempt),
-                             lambda: self.api.get_all(path, kind="github.attempt_jobs", params={"per_page": 100}, items_key="jobs"))
+                             lambda: self.api.get_all(path, kind="github.attempt_jobs", params={"per_page": 100},
+                                                      items_key="jobs"))
 
     def job(self, repo: str, job_id: int) -> dict[str, Any]:
         return self.memo.get("github.job", (repo, job_id),
@@ -87,7 +90,7 @@ class GitHubApi:
         if org:
             path, kind, key = f"orgs/{quote(org)}/actions/runners", "github.runners.org", org
         else:
-            path, kind, key = f"repos/{repo}/actions/runners", "github.runners.repo", repo
+            path, kind, key = f"repos/{repo}/actions/runners", "github.runners.repo", str(repo)
         return self.memo.get(kind, key, lambda: self.api.get_all(path, kind=kind, params={"per_page": 100}, items_key="runners"))
 
     def runs(self, repo: str, status: str) -> tuple[list[dict[str, Any]], bool]:
@@ -102,7 +105,7 @@ class GitHubApi:
         stays the same all day; a list longer than ``max_pages`` or GitHub's 1,000-result cap
         comes back incomplete."""
         path = f"repos/{repo}/actions/runs"
-        created = ">=" + since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created = ">=" + since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return self.memo.get("github.finished_runs", (repo, created), lambda: self.api.get_all(
             path, kind="github.finished_runs",
             params={"status": "completed", "created": created, "per_page": 100, "exclude_pull_requests": "true"},
@@ -161,7 +164,8 @@ class GitHubClaimVerifier:
             started = ts(j.get("started_at"))
             if j.get("status") not in ACTIVE_JOB_STATUSES:
                 return unknown(src, f"{scope}: {_job_label(j)} has status {j.get('status')!r}",
-                               ev(src, f"unrecognised status {j.get('status')!r}", j.get("html_url") or claim.url, str(j.get("status"))))
+                               ev(src, f"unrecognised status {j.get('status')!r}", j.get("html_url") or claim.url,
+                                  str(j.get("status"))))
             detail = f"{scope}: {_job_label(j)} is {j.get('status')}"
             return alive(src, detail, ev(src, detail, j.get("html_url") or claim.url, str(j.get("status")), started))
         finished = [ts(j.get("completed_at")) for j in jobs]
@@ -186,13 +190,14 @@ class GitHubRunnersChecker:
 
     name = "github-runners"
 
-    def __init__(self, gh: GitHubApi, scopes: list[Any]):
+    def __init__(self, gh: GitHubApi, scopes: list[RunnerScope], own_evidence: frozenset[str] = frozenset()):
         self.gh = gh
         self.scopes = scopes
+        self.own_evidence = own_evidence  # stores whose locks only their own checker judges (HCP Terraform)
 
-    def _matching(self, lock: LockRecord) -> tuple[str, list[Any]]:
+    def _matching(self, lock: LockRecord) -> tuple[str, list[RunnerScope]]:
         """The lock's hostname and the scopes that speak for it ("", [] when none)."""
-        if lock.info is None or lock.store.startswith(OWN_EVIDENCE_STORES) or "@" not in lock.info.Who:
+        if lock.info is None or lock.store in self.own_evidence or "@" not in lock.info.Who:
             return "", []  # an HCP Terraform user or run, a GitLab username: a runner name proves nothing there
         who = parse_who(lock.info.Who)
         if not who.host:
@@ -227,7 +232,7 @@ class GitHubRunnersChecker:
         return _authoritative(dead(src, f"self-hosted runner {host!r} is gone (not registered in {labels}, which "
                                         "register every runner of their hosts)", *evidence))
 
-    def _scope(self, scope: Any, host: str, evidence: list[Any]) -> LivenessFact | str:
+    def _scope(self, scope: RunnerScope, host: str, evidence: list[Any]) -> LivenessFact | str:
         """One scope's list: the alive fact if a runner of that name is busy, else "idle", "gone" or
         "uncertain" (evidence appended)."""
         src = self.name
@@ -277,16 +282,18 @@ class GitHubReposChecker:
 
     name = "github-repos"
 
-    def __init__(self, apis: dict[str, tuple[GitHubApi, list[str]]], policy: Any):
+    def __init__(self, apis: dict[str, tuple[GitHubApi, list[str]]], policy: Policy,
+                 own_evidence: frozenset[str] = frozenset()):
         self.apis = apis  # provider label -> (api, active run statuses)
         self.policy = policy
+        self.own_evidence = own_evidence  # stores whose locks only their own checker judges (HCP Terraform)
 
-    def _mapping(self, lock: LockRecord) -> tuple[Any, Any] | None:
-        if lock.info is None or lock.store.startswith(OWN_EVIDENCE_STORES):
+    def _mapping(self, lock: LockRecord) -> tuple[Rule, RuleLiveness] | None:
+        if lock.info is None or lock.store in self.own_evidence:
             return None
         rule = self.policy.rule_for(lock.lock_path, lock.info.Operation)
-        m = getattr(rule, "liveness", None) if rule is not None else None
-        if m is None or not m.github_repos or not m.applies_to(lock.info.Who):
+        m = rule.liveness if rule is not None else None
+        if rule is None or m is None or not m.github_repos or not m.applies_to(lock.info.Who):
             return None
         return rule, m
 
@@ -349,7 +356,8 @@ class GitHubReposChecker:
                     if started is None or started <= created + skew:
                         detail = (f"{label} is {run.get('status')}, started "
                                   f"{started.isoformat() if started else 'at an unknown time'}, before the lock")
-                        return alive(src, detail, *evidence, ev(src, detail, run.get("html_url"), str(run.get("status")), started))
+                        return alive(src, detail, *evidence,
+                                     ev(src, detail, run.get("html_url"), str(run.get("status")), started))
                     later.append(live_after_created(src, label, str(run.get("status")), started, created, run.get("html_url")))
         if later:
             return contested(src, later[0].detail, *evidence, *later)
@@ -365,7 +373,7 @@ class GitHubReposChecker:
         created = lock.info.Created  # type: ignore[union-attr]
         grace = self.policy.liveness.grace
         horizon = finished_horizon(now, grace, self.policy.liveness.max_run_duration)
-        since = horizon.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        since = horizon.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         recent: list[Any] = []
         uncertain = False
         for repo in repos:

@@ -26,7 +26,9 @@ from typing import Any
 from urllib.parse import quote
 
 from ..durations import format_duration
+from ..http.client import ApiError, JsonApi
 from ..models import LivenessFact, LockRecord
+from ..policy.schema import Policy
 from .claims import Claim
 from .facts import (
     Memo,
@@ -43,8 +45,7 @@ from .facts import (
     ts,
     unknown,
 )
-from ..http.client import ApiError, JsonApi
-from .identity import OWN_EVIDENCE_STORES, parse_who
+from .identity import parse_who
 
 DOCKER_RUNNER_HOSTS = ["runner-*-project-*-concurrent-*"]  # what a provider sets in runner_hosts to opt in
 FINISHED = {"success", "failed", "canceled", "skipped"}
@@ -142,12 +143,14 @@ class GitLabJobsChecker:
 
     name = "gitlab-jobs"
 
-    def __init__(self, apis: dict[str, tuple[GitLabApi, list[str], list[str]]], policy: Any):
+    def __init__(self, apis: dict[str, tuple[GitLabApi, list[str], list[str]]], policy: Policy,
+                 own_evidence: frozenset[str] = frozenset()):
         self.apis = apis  # provider label -> (api, runner host globs ([] = no hostname evidence), runner users)
         self.policy = policy
+        self.own_evidence = own_evidence  # stores whose locks only their own checker judges (HCP Terraform)
 
     def _targets(self, lock: LockRecord) -> list[tuple[GitLabApi, int | str, str]]:
-        if lock.info is None or lock.store.startswith(OWN_EVIDENCE_STORES):
+        if lock.info is None or lock.store in self.own_evidence:
             return []
         out: list[tuple[GitLabApi, int | str, str]] = []
         who = parse_who(lock.info.Who)
@@ -158,8 +161,8 @@ class GitLabJobsChecker:
                         and any(fnmatch.fnmatchcase(who.user, u) for u in users)):
                     out.append((gl, project, f"runner hostname {who.host!r}"))
         rule = self.policy.rule_for(lock.lock_path, lock.info.Operation)
-        m = getattr(rule, "liveness", None) if rule is not None else None
-        if m is not None and m.gitlab_projects and m.applies_to(lock.info.Who):
+        m = rule.liveness if rule is not None else None
+        if rule is not None and m is not None and m.gitlab_projects and m.applies_to(lock.info.Who):
             provider = self.policy.liveness.provider("gitlab", m.gitlab_provider)
             entry = self.apis.get(provider.label) if provider is not None else None
             if entry is not None:

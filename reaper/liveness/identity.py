@@ -25,16 +25,11 @@ from dataclasses import dataclass
 # GitHub-hosted runner VMs: fv-az123-456 (older images) or runnervmXXXXX (current).
 _GITHUB_HOSTED = re.compile(r"^(fv-az\d+-\d+|runnervm[0-9a-z]+)$", re.IGNORECASE)
 # GitLab Runner docker/kubernetes executors: runner-<short token>-project-<id>-concurrent-<n>[-suffix]
-_GITLAB_RUNNER = re.compile(r"^runner-(?P<token>[0-9A-Za-z_-]+?)-project-(?P<project>\d+)-concurrent-(?P<n>\d+)(?:-[0-9A-Za-z-]+)?$")
+_GITLAB_RUNNER = re.compile(
+    r"^runner-(?P<token>[0-9A-Za-z_-]+?)-project-(?P<project>\d+)-concurrent-(?P<n>\d+)(?:-[0-9A-Za-z-]+)?$")
 
 
 _GO_INT = re.compile(r"^[+-]?\d+$")
-
-# Stores whose locks only their own checker may judge: an HCP Terraform lock is held by
-# a run (its status is the evidence) or by a user or team (unknown: hard_max_age
-# governs). Self-hosted runners and repo/project mappings prove nothing about them.
-OWN_EVIDENCE_STORES = ("hcp:",)
-
 
 def _passwd_name(uid: int, passwd_file: str = "/etc/passwd") -> str | None:
     """Go's pure lookup (os/user, lookup_unix.go): first /etc/passwd line whose uid field matches."""

@@ -17,15 +17,14 @@ from typing import Any, ClassVar
 from ..http.client import ApiError, JsonApi
 from ..models import LockRecord
 from ..policy.types import url_host
-from ..ports import StoreError
+from ..ports import StoreError, StoreTraits
 
 
 class ApiLockStore:
     """Base of the HTTP-API stores. Subclasses set the class attributes and implement
     ``_scopes`` and ``_scan_scope``."""
 
-    restorable = False
-    restore_note: ClassVar[str] = ""
+    traits: StoreTraits  # set by each subclass: restorable=False, with the platform's restore_note
     kind: ClassVar[str] = ""  # store name prefix: "hcp", "gitlab"
     scope_kind: ClassVar[str] = ""  # what one scope is: "organization", "project"
     unchecked_note: ClassVar[str] = ""  # appended to the StoreError of a failed scan
@@ -64,7 +63,7 @@ class ApiLockStore:
             raise StoreError(f"{self.name}: " + "; ".join(failed) + self.unchecked_note)
 
     def restore(self, raw: dict[str, Any]) -> str:
-        raise ValueError(self.restore_note)
+        raise ValueError(self.traits.restore_note)
 
     # -- for subclasses ---------------------------------------------------
     def _scopes(self) -> list[str]:  # pragma: no cover - subclasses

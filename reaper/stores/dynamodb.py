@@ -19,7 +19,7 @@ from typing import Any
 
 from ..aws import error_code, error_item
 from ..models import DeleteResult, DeleteStatus, LockRecord
-from ..ports import RestoreConflict, StoreError
+from ..ports import RestoreConflict, StoreError, StoreTraits
 from .dynamo_items import from_jsonable, holder, lock_records, raced
 
 _NAMES = {"#id": "LockID", "#info": "Info", "#digest": "Digest"}
@@ -35,6 +35,8 @@ def _code(exc: Exception) -> str:
 
 
 class DynamoDBLockStore:
+    traits = StoreTraits()
+
     def __init__(self, client: Any, table: str, segments: int = 1, page_size: int | None = None):
         self.client = client
         self.table = table
@@ -134,8 +136,7 @@ class DynamoDBLockStore:
         if self.page_size:
             kwargs["Limit"] = self.page_size
         try:
-            for page in self.client.get_paginator("scan").paginate(**kwargs):
-                yield page
+            yield from self.client.get_paginator("scan").paginate(**kwargs)
         except Exception as exc:
             code = _code(exc)
             raise StoreError(f"scan of {self.table!r} failed: {code or type(exc).__name__}: {exc}") from None

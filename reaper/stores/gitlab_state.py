@@ -30,7 +30,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -38,6 +38,7 @@ import urllib3
 
 from ..http.client import ApiError, JsonApi, RateLimited
 from ..models import DeleteResult, DeleteStatus, LockInfo, LockRecord, parse_created
+from ..ports import StoreTraits
 from .api_store import ApiLockStore
 
 log = logging.getLogger("reaper.stores.gitlab")
@@ -114,7 +115,7 @@ def _numeric_id(gid: Any) -> str | None:
 class GitLabStateStore(ApiLockStore):
     """``gitlab:<host>``: locked Terraform states of the configured projects."""
 
-    restore_note = RESTORE_NOTE
+    traits = StoreTraits(restorable=False, restore_note=RESTORE_NOTE)
     kind = "gitlab"
     scope_kind = "project"
     stat_keys = ("items", "digests", "pages", "locked", "released_during_probe")
@@ -125,7 +126,7 @@ class GitLabStateStore(ApiLockStore):
         super().__init__(api, page_size)
         self.projects = list(projects)
         self.read_lock_id = read_lock_id
-        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.clock = clock or (lambda: datetime.now(UTC))
 
     # -- port -------------------------------------------------------------
     def delete(self, lock: LockRecord) -> DeleteResult:
@@ -247,7 +248,7 @@ class GitLabStateStore(ApiLockStore):
         through the same pool with the same auth headers, timeout and no redirects.
         """
         probe = PROBE_PREFIX + uuid.uuid4().hex
-        now = self.clock().astimezone(timezone.utc)
+        now = self.clock().astimezone(UTC)
         payload = {"ID": probe, "Operation": "OperationTypeInvalid", "Info": "lock-reaper: reading the current lock ID",
                    "Who": "lock-reaper", "Version": "lock-reaper", "Created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
                    "Path": lock_path}

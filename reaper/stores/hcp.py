@@ -18,33 +18,25 @@
   be closed). 409 means already unlocked (gone).
 - Locks cannot be re-created: audit records say ``restorable: false``.
 
-``HCPRunChecker`` is the liveness evidence for ``hcp:`` locks: a run in a final
-status is dead once the grace period is over (``locked-by`` names the run, so it is
-the holder even when it ended in the whole second its lock was taken: see
-``judge_holder_run``); any other status is alive; a user
-or team lock has no run, so its holder is unknown and ``hard_max_age`` governs.
-Every API failure (429, 5xx, timeout) means unknown or "keep and report".
+Its locks are judged only by their own evidence (``traits.own_evidence``): the run
+checker in ``reaper.liveness.hcp_runs``, which the wiring builds on this store's API
+client. Runner names and repo mappings prove nothing about them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from ..durations import format_duration
-from ..liveness.facts import alive, dead, ev, from_error, ts, unknown
 from ..http.client import ApiError, JsonApi
-from ..models import DeleteResult, DeleteStatus, LivenessFact, LockInfo, LockRecord
+from ..models import DeleteResult, DeleteStatus, LockInfo, LockRecord
+from ..ports import StoreTraits
 from .api_store import ApiLockStore
 
 log = logging.getLogger("reaper.stores.hcp")
 
-FINAL_STATUSES = frozenset(
-    {"applied", "planned_and_finished", "errored", "discarded", "canceled", "force_canceled", "policy_soft_failed"}
-)
 RUN_START_KEYS = ("planning-at", "plan-queued-at", "queuing-at")
 RESTORE_NOTE = (
     "HCP Terraform / Terraform Enterprise workspace locks cannot be re-created by Lock Reaper: "
@@ -61,38 +53,6 @@ def run_started(attrs: dict[str, Any]) -> tuple[str | None, str]:
             return stamps[key], f"run status-timestamps.{key}"
     created = attrs.get("created-at")
     return (created, "run created-at") if isinstance(created, str) and created else (None, "")
-
-
-def run_finished(attrs: dict[str, Any]) -> datetime | None:
-    """When a run reached its (final) status: ``status-timestamps.<status>-at``."""
-    status = str(attrs.get("status") or "")
-    return ts((attrs.get("status-timestamps") or {}).get(status.replace("_", "-") + "-at"))
-
-
-def judge_holder_run(src: str, what: str, finished_at: datetime | None, created: datetime, now: datetime,
-                     grace: timedelta, url: str, status: str) -> LivenessFact:
-    """A final run that the workspace's ``locked-by`` names: it is the holder, dead once ``grace`` is over.
-
-    Unlike a claim or a CI job found by hostname, the run cannot be another job that ended
-    before this lock was taken: the lock relationship names it. HCP status timestamps have
-    whole seconds, so a run that errored in the second it started planning shows
-    ``finished == Created``, and one whose ``Created`` is its millisecond ``created-at`` may
-    even read as finished "before" it; only a finish in an earlier second than ``Created``
-    is inconsistent (unknown).
-    """
-    if finished_at is None:
-        detail = f"{what} is {status} but reports no finish time"
-        return unknown(src, detail, ev(src, f"{what}: {status}, no finish time", url, status))
-    if finished_at < created.replace(microsecond=0):
-        detail = (f"{what} finished at {finished_at.isoformat()}, a second or more before its lock was created "
-                  f"({created.isoformat()}): inconsistent timestamps")
-        return unknown(src, detail, ev(src, detail, url, status, finished_at))
-    ago = max(now - finished_at, timedelta(0))
-    if ago < grace:
-        detail = f"{what} finished {format_duration(ago)} ago ({status}), within the {format_duration(grace)} grace period"
-        return alive(src, detail, ev(src, detail, url, status, finished_at))
-    detail = f"{what} finished {format_duration(ago)} ago ({status})"
-    return dead(src, detail, ev(src, detail, url, status, finished_at))
 
 
 def _holder_name(type_: str, id_: str, holder: dict[str, Any] | None) -> str:
@@ -121,16 +81,14 @@ def _included(body: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 class HCPWorkspaceStore(ApiLockStore):
     """``hcp:<host>``: locked workspaces of the configured organizations."""
 
-    restore_note = RESTORE_NOTE
+    traits = StoreTraits(restorable=False, restore_note=RESTORE_NOTE, own_evidence=True)
     kind = "hcp"
     scope_kind = "organization"
     unchecked_note = " (those workspaces were not checked)"
     log = log
 
-    def __init__(self, api: JsonApi, organizations: list[str], page_size: int = 100,
-                 grace: timedelta = timedelta(minutes=10)):
+    def __init__(self, api: JsonApi, organizations: list[str], page_size: int = 100):
         super().__init__(api, page_size)
-        self.grace = grace  # for HCPRunChecker: how long a finished run may still hold the lock
         self.organizations = list(organizations)
 
     # -- port -------------------------------------------------------------
@@ -265,47 +223,3 @@ class HCPWorkspaceStore(ApiLockStore):
         except Exception as exc:  # pydantic ValidationError: e.g. a malformed timestamp
             return bad(f"locked by {who}, but its lock could not be described: {str(exc).splitlines()[0]}", token)
         return LockRecord(store=self.name, key=ws_id, lock_path=lock_path, token=token, raw=raw, info=info)
-
-
-class HCPRunChecker:
-    """Liveness for ``hcp:`` locks: the status of the run holding the workspace."""
-
-    name = "hcp-runs"
-
-    def __init__(self, store: HCPWorkspaceStore, grace: timedelta):
-        self.store = store
-        self.grace = grace
-
-    def applies(self, lock: LockRecord) -> bool:
-        return lock.store == self.store.name
-
-    def check(self, lock: LockRecord, now: datetime) -> LivenessFact | None:
-        if not self.applies(lock):
-            return None
-        src = self.name
-        type_, _, id_ = lock.token.partition(":")
-        if type_ in ("users", "teams"):
-            who = lock.info.Who if lock.info else id_
-            detail = (f"locked by {who}: a manual or CLI lock has no run to check; hard_max_age governs "
-                      f"(lock age from the {lock.raw.get('age_source', 'unknown timestamp')})")
-            return unknown(src, detail, ev(src, detail))
-        if type_ != "runs" or lock.info is None:
-            return unknown(src, f"no run to check for holder {lock.token or '?'}")
-        api = self.store.api
-        org = lock.raw.get("organization", "")
-        page = f"{api.base_url}/app/{org}/workspaces/{lock.raw.get('workspace_name', '')}/runs/{id_}"
-        path = f"api/v2/runs/{quote(id_, safe='')}"
-        try:
-            body = api.get_object(path, kind="hcp.run", conditional=False)
-            data = api.expect(body.get("data") or {}, dict, what="its data", url=api.url(path), kind="hcp.run")
-            attrs = api.expect(data.get("attributes") or {}, dict, what="its data.attributes", url=api.url(path), kind="hcp.run")
-        except ApiError as exc:
-            return from_error(src, f"run {id_}", exc)
-        status = str(attrs.get("status") or "")
-        if not status:
-            return unknown(src, f"run {id_} has no status", ev(src, f"run {id_}: no status", page))
-        if status in FINAL_STATUSES:
-            return judge_holder_run(src, f"run {id_}", run_finished(attrs), lock.info.Created, now, self.grace,
-                                    page, status)
-        detail = f"run {id_} is {status} (not final): it still owns the workspace"
-        return alive(src, detail, ev(src, detail, page, status))

@@ -13,11 +13,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..models import DeleteResult, DeleteStatus, LockRecord
-from ..ports import RestoreConflict, StoreError
+from ..ports import RestoreConflict, StoreError, StoreTraits
 from .dynamo_items import from_jsonable, info_string, lock_records, raced
 
 
 class InMemoryLockStore:
+    traits = StoreTraits()
+
     def __init__(self, name: str = "memory:locks", items: dict[str, dict[str, Any]] | None = None):
         self.name = name
         self.items: dict[str, dict[str, Any]] = dict(items or {})

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..aws import error_code, error_message, http_status
 from ..models import DeleteResult, DeleteStatus, LockInfo, LockRecord
-from ..ports import RestoreConflict, StoreError
+from ..ports import RestoreConflict, StoreError, StoreTraits
 from .dynamo_items import MAX_INFO_BYTES
 
 LOCK_SUFFIX = ".tflock"
@@ -62,8 +62,7 @@ class S3LockFileStore:
     # The engine reads this store's locks before the other stores' so that a lock
     # held in two stores (double locking with DynamoDB) is decided once and its
     # lock file deleted first (see reaper/pairing.py).
-    pair_first = True
-    restorable = True
+    traits = StoreTraits(pair_first=True)
 
     def __init__(self, client: Any, bucket: str, prefixes: list[str] | None = None, page_size: int | None = None):
         self.client = client
@@ -154,7 +153,8 @@ class S3LockFileStore:
             code, status = _error(exc)
             if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
                 cid, cwho = self._holder(key)
-                raise RestoreConflict(f"s3://{self.bucket}/{key} is locked again (lock {cid or '?'} by {cwho or '?'}): not overwritten") from None
+                raise RestoreConflict(f"s3://{self.bucket}/{key} is locked again (lock {cid or '?'} by {cwho or '?'}): "
+                                      "not overwritten") from None
             raise
         return f"restored s3://{self.bucket}/{key}"
 
@@ -182,7 +182,8 @@ class S3LockFileStore:
         size = int(listed.get("Size", 0) or 0)
         if size > MAX_INFO_BYTES:
             self._stats["unreadable"] += 1
-            return self._record(key, "", raw, error=f"lock file is {size} bytes, larger than any Terraform lock ({MAX_INFO_BYTES} max): not read")
+            return self._record(key, "", raw, error=f"lock file is {size} bytes, larger than any Terraform lock "
+                                                    f"({MAX_INFO_BYTES} max): not read")
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=key)
             data = resp["Body"].read(MAX_INFO_BYTES + 1)
@@ -244,7 +245,8 @@ class S3LockFileStore:
                 return DeleteResult(status=DeleteStatus.GONE,
                                     detail=f"the lock file changed ({why}) and was released before it could be re-read")
             return DeleteResult(status=DeleteStatus.RACED,
-                                detail=f"raced ({why}): the lock file changed; the new holder could not be read: {_describe(exc)}")
+                                detail=f"raced ({why}): the lock file changed; the new holder could not be read: "
+                                       f"{_describe(exc)}")
         etag = resp.get("ETag", "")
         try:
             info = LockInfo.parse(body.decode("utf-8"))
