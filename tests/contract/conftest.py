@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from .harness import DynamoDBHarness, MemoryHarness, S3Harness, StoreHarness
+from .harness import DynamoDBHarness, GitLabStateHarness, HCPHarness, MemoryHarness, S3Harness, StoreHarness
 
 
 def _memory(request: pytest.FixtureRequest) -> StoreHarness:
@@ -50,6 +50,22 @@ def _s3_server(request: pytest.FixtureRequest) -> StoreHarness:
     return S3Harness(client, name="s3-server")
 
 
+def _hcp(request: pytest.FixtureRequest) -> StoreHarness:
+    from devtools.fake_hcp import FakeHCP
+
+    fake = FakeHCP(organizations=("acme",)).start()  # loopback HTTP
+    request.addfinalizer(fake.stop)
+    return HCPHarness(fake)
+
+
+def _gitlab_state(request: pytest.FixtureRequest) -> StoreHarness:
+    from devtools.fake_gitlab import FakeGitLab
+
+    fake = FakeGitLab().start()  # loopback HTTP
+    request.addfinalizer(fake.stop)
+    return GitLabStateHarness(fake)
+
+
 HARNESSES: dict[str, Callable[[pytest.FixtureRequest], StoreHarness]] = {
     "memory": _memory,
     "dynamodb-moto": _dynamodb_moto,
@@ -57,10 +73,13 @@ HARNESSES: dict[str, Callable[[pytest.FixtureRequest], StoreHarness]] = {
     "s3-moto": _s3_moto,
     "s3-moto-versioned": _s3_moto_versioned,
     "s3-server": _s3_server,
+    "hcp": _hcp,
+    "gitlab-state": _gitlab_state,
 }
 
 
-# backends reached over HTTP carry the e2e marker
+# backends reached over HTTP against moto_server carry the e2e marker (the HCP and GitLab fakes are
+# in-process loopback servers, like tests/test_store_hcp.py and tests/test_store_gitlab.py use)
 OVER_HTTP = {"dynamodb-server", "s3-server"}
 
 
