@@ -741,7 +741,7 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="P1,P2,P3,P4,P5", help="comma-separated figures to run")
     ap.add_argument("--quick", action="store_true", help="small sizes, few repetitions (smoke test)")
@@ -757,8 +757,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--endpoint", help=argparse.SUPPRESS)
     ap.add_argument("--table", help=argparse.SUPPRESS)
     ap.add_argument("--serve-ci", metavar="SCENARIO", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.serve_ci:
         return serve_ci(args.serve_ci)
     if args.rss_probe:
@@ -779,6 +782,22 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "note": "every figure is a ratio of two measurements from this run; times are medians of interleaved repetitions",
     }
+    measure(args, only, results)
+    failed = failed_targets(results)
+    results["all_measured_pass"] = not failed
+    results["failed_targets"] = failed
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    print(table(results))
+    print(f"\nwritten {os.path.relpath(args.out, ROOT)}")
+    if failed:
+        print(f"declared target(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def measure(args: argparse.Namespace, only: set[str], results: dict[str, Any]) -> None:
+    """Run the figures in ``only`` (P1-P3 against one moto server and CI server), adding them to ``results``."""
     server = MotoServer().start()
     ds = Dataset(args.digests, args.locks)
     ci = CIServer().start(ds.ci_scenario()) if only & {"P1", "P2"} else CIServer()
@@ -798,17 +817,6 @@ def main(argv: list[str] | None = None) -> int:
         results["P4"] = bench_p4(args)
     if "P5" in only:
         results["P5"] = bench_p5(args)
-    failed = failed_targets(results)
-    results["all_measured_pass"] = not failed
-    results["failed_targets"] = failed
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-    print(table(results))
-    print(f"\nwritten {os.path.relpath(args.out, ROOT)}")
-    if failed:
-        print(f"declared target(s) failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def failed_targets(results: dict[str, Any]) -> list[str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import random
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .fake_ci import FakeCI
@@ -63,97 +63,125 @@ def realistic_cycle(audit_dir: str, seed: int = 7) -> dict[str, Any]:
     import boto3
     from moto import mock_aws
 
-    from reaper.policy import parse_policy
-    from reaper.engine import Reaper
-    from reaper.wiring import Deps, build_components
-    from reaper.liveness.claims import Claim, ClaimStore
     from reaper.http.client import EtagCache
-    from reaper.stores.memory import InMemoryLockStore
+    from reaper.policy import parse_policy
 
-    rng = random.Random(seed)
-    now = datetime.now(timezone.utc)
     etags = EtagCache()  # one per process, as in a warm Lambda
     with mock_aws(), FakeCI(github_token=GH_TOKEN, gitlab_token=GL_TOKEN) as fake:
         factory = lambda service, region=None: boto3.client(service, region_name=region or "us-east-1")  # noqa: E731
+        fleet = _Fleet(fake, factory, random.Random(seed), datetime.now(UTC))
+        fleet.github_hosted()
+        fleet.self_hosted()
+        fleet.gitlab()
+        fleet.others()
+        policy = parse_policy(textwrap.dedent(POLICY.format(audit=audit_dir, gh=fake.github_api, gl=fake.gitlab_api)))
+        cycles = [_cycle(n + 1, policy, fleet, factory, etags, at)
+                  for n, at in enumerate((fleet.now, fleet.now + timedelta(minutes=15)))]
+        return {"fleet": "200 locks: 16 claimed GitHub-hosted, 8 self-hosted, 8 GitLab, 4 mapped, 4 laptops, 160 young",
+                "cycles": cycles}
+
+
+def _cycle(n: int, policy: Any, fleet: _Fleet, factory: Any, etags: Any, at: datetime) -> dict[str, Any]:
+    """One run through the Lambda's wiring (one build per run), with the fleet's in-memory store and a null audit."""
+    from reaper.engine import Reaper
+    from reaper.wiring import Deps, build_components
+
+    env = {"BENCH_GH_TOKEN": GH_TOKEN, "BENCH_GL_TOKEN": GL_TOKEN}
+    deps = Deps(client_factory=factory, env=env, etags=etags, sleep=lambda s: None, clock=lambda: at)
+    parts = build_components(policy, deps, sinks=False)
+    report = Reaper(policy, [fleet.store], clock=deps.clock, liveness=parts.liveness, audit=_NullAudit()).run(mode="enforce")
+    return {
+        "cycle": n,
+        "locks": report.summary.locks_scanned,
+        "candidates": sum(1 for e in report.locks if e.liveness != "not_checked"),
+        "liveness": dict(sorted(_count(e.liveness for e in report.locks).items())),
+        "outcomes": {k: v for k, v in report.summary.outcomes.items() if v},
+        "api_calls": report.liveness_api_calls,
+    }
+
+
+class _Fleet:
+    """The locks, claims, CI jobs and runners of the realistic fleet (added in a fixed order: one seed, one fleet)."""
+
+    def __init__(self, fake: FakeCI, factory: Any, rng: random.Random, now: datetime):
+        from reaper.liveness.claims import ClaimStore
+        from reaper.stores.memory import InMemoryLockStore
+
+        self.fake, self.rng, self.now = fake, rng, now
         ddb = factory("dynamodb")
         create_claims_table(ddb, "claims")
-        s3 = factory("s3")
-        s3.create_bucket(Bucket="tfstate")
-        claims = ClaimStore(ddb, "claims")
-        store = InMemoryLockStore("dynamodb:terraform-locks")
-        policy = parse_policy(textwrap.dedent(POLICY.format(audit=audit_dir, gh=fake.github_api, gl=fake.gitlab_api)))
+        self.s3 = factory("s3")
+        self.s3.create_bucket(Bucket="tfstate")
+        self.claims = ClaimStore(ddb, "claims")
+        self.store = InMemoryLockStore("dynamodb:terraform-locks")
 
-        def lock(path: str, who: str, age: timedelta) -> datetime:
-            raw = info_json(path, age, now, who=who)
-            store.put_lock(path, raw)
-            return now - age
+    def lock(self, path: str, who: str, age: timedelta) -> datetime:
+        self.store.put_lock(path, info_json(path, age, self.now, who=who))
+        return self.now - age
 
+    def github_hosted(self) -> None:
+        """16 claimed locks: 10 cancelled long ago, 2 failed 2 minutes ago, 4 in progress (writing their state)."""
+        from reaper.liveness.claims import Claim
+
+        fake, rng, now = self.fake, self.rng, self.now
         run = 10_000
-        for i in range(16):  # GitHub-hosted, claimed
+        for i in range(16):
             repo = f"acme/svc-{i % 4}"
             run += 1
             who = f"runner@fv-az{100 + i}-{rng.randint(100, 999)}"
-            created = lock(f"tfstate/{repo}/{i}.tfstate", who, timedelta(hours=rng.uniform(2.5, 8)))
-            claims.put(Claim(who=who, claimed_at=created - timedelta(seconds=30), provider="github",
-                             api_url=fake.github_api, repo=repo, run_id=run, run_attempt=1, runner_name=f"GitHub Actions {i}"))
+            created = self.lock(f"tfstate/{repo}/{i}.tfstate", who, timedelta(hours=rng.uniform(2.5, 8)))
+            runner = f"GitHub Actions {i}"
+            self.claims.put(Claim(who=who, claimed_at=created - timedelta(seconds=30), provider="github",
+                                  api_url=fake.github_api, repo=repo, run_id=run, run_attempt=1, runner_name=runner))
+            started = created - timedelta(minutes=1)
             if i < 10:
-                fake.add_github_job(repo, run, run * 10, status="completed", conclusion="cancelled", runner_name=f"GitHub Actions {i}",
-                                    started_at=created - timedelta(minutes=1), completed_at=now - timedelta(minutes=rng.uniform(20, 90)))
+                fake.add_github_job(repo, run, run * 10, status="completed", conclusion="cancelled", runner_name=runner,
+                                    started_at=started, completed_at=now - timedelta(minutes=rng.uniform(20, 90)))
             elif i < 12:
-                fake.add_github_job(repo, run, run * 10, status="completed", conclusion="failure", runner_name=f"GitHub Actions {i}",
-                                    started_at=created - timedelta(minutes=1), completed_at=now - timedelta(minutes=2))
+                fake.add_github_job(repo, run, run * 10, status="completed", conclusion="failure", runner_name=runner,
+                                    started_at=started, completed_at=now - timedelta(minutes=2))
             else:
-                fake.add_github_job(repo, run, run * 10, status="in_progress", runner_name=f"GitHub Actions {i}",
-                                    started_at=created - timedelta(minutes=1))
-                s3.put_object(Bucket="tfstate", Key=f"{repo}/{i}.tfstate", Body=b"{}")  # an apply writing its state
+                fake.add_github_job(repo, run, run * 10, status="in_progress", runner_name=runner, started_at=started)
+                self.s3.put_object(Bucket="tfstate", Key=f"{repo}/{i}.tfstate", Body=b"{}")  # an apply writing its state
+
+    def self_hosted(self) -> None:
         for r in range(20):  # self-hosted runners of org acme
             if r not in (6, 7):  # gh-runner-6 and -7 are gone (autoscaled away)
-                fake.add_github_runner("org:acme", f"gh-runner-{r}", busy=r < 3)
+                self.fake.add_github_runner("org:acme", f"gh-runner-{r}", busy=r < 3)
         for i in range(8):
-            lock(f"tfstate/selfhosted/{i}.tfstate", f"ci@gh-runner-{i}", timedelta(hours=rng.uniform(3, 30)))
+            self.lock(f"tfstate/selfhosted/{i}.tfstate", f"ci@gh-runner-{i}", timedelta(hours=self.rng.uniform(3, 30)))
+
+    def gitlab(self) -> None:
+        from reaper.liveness.claims import Claim
+
+        fake, now = self.fake, self.now
         for p in (101, 102, 103):  # GitLab projects
             fake.gl_jobs[p] = []
         fake.add_gitlab_job(101, 501, status="running", started_at=now - timedelta(hours=9))
         for i in range(8):
             project = 101 + i % 3
             who = f"root@runner-a1b2c3d4-project-{project}-concurrent-{i}"
-            created = lock(f"tfstate/gitlab/{i}.tfstate", who, timedelta(hours=rng.uniform(3, 8)))
+            created = self.lock(f"tfstate/gitlab/{i}.tfstate", who, timedelta(hours=self.rng.uniform(3, 8)))
             if i < 4:
                 job = 600 + i
                 fake.add_gitlab_job(project, job, status="canceled", started_at=created - timedelta(minutes=1),
                                     finished_at=now - timedelta(minutes=40))
-                claims.put(Claim(who=who, claimed_at=created - timedelta(seconds=20), provider="gitlab",
-                                 api_url=fake.gitlab_api, project_id=project, run_id=9, job_id=job))
+                self.claims.put(Claim(who=who, claimed_at=created - timedelta(seconds=20), provider="gitlab",
+                                      api_url=fake.gitlab_api, project_id=project, run_id=9, job_id=job))
+
+    def others(self) -> None:
+        """Mapped, laptop and young locks."""
+        now = self.now
         # the mapped repo's last run began after the locks and completed an hour ago (a run still in
         # progress would make the mapped locks unknown: its holder's clock may lag beyond clock_skew)
-        fake.add_github_run("acme/platform", 777, status="completed", conclusion="success", started_at=now - timedelta(hours=2),
-                            updated_at=now - timedelta(hours=1))
+        self.fake.add_github_run("acme/platform", 777, status="completed", conclusion="success",
+                                 started_at=now - timedelta(hours=2), updated_at=now - timedelta(hours=1))
         for i in range(4):
-            lock(f"tfstate/mapped/{i}.tfstate", f"runner@fv-az9{i}-1", timedelta(hours=3))
+            self.lock(f"tfstate/mapped/{i}.tfstate", f"runner@fv-az9{i}-1", timedelta(hours=3))
         for i in range(4):
-            lock(f"tfstate/laptops/{i}.tfstate", f"dev{i}@laptop-{i}", timedelta(hours=5))
+            self.lock(f"tfstate/laptops/{i}.tfstate", f"dev{i}@laptop-{i}", timedelta(hours=5))
         for i in range(160):
-            lock(f"tfstate/young/{i}.tfstate", f"runner@fv-az{i}-1", timedelta(minutes=rng.uniform(1, 100)))
-
-        cycles = []
-        env = {"BENCH_GH_TOKEN": GH_TOKEN, "BENCH_GL_TOKEN": GL_TOKEN}
-        for n, at in enumerate((now, now + timedelta(minutes=15))):
-            # the Lambda's wiring (one build per run), with this fleet's in-memory store and a null audit
-            deps = Deps(client_factory=factory, env=env, etags=etags, sleep=lambda s: None, clock=lambda at=at: at)
-            parts = build_components(policy, deps, sinks=False)
-            report = Reaper(policy, [store], clock=deps.clock, liveness=parts.liveness,
-                            audit=_NullAudit()).run(mode="enforce")
-            candidates = sum(1 for e in report.locks if e.liveness != "not_checked")
-            cycles.append({
-                "cycle": n + 1,
-                "locks": report.summary.locks_scanned,
-                "candidates": candidates,
-                "liveness": dict(sorted(_count(e.liveness for e in report.locks).items())),
-                "outcomes": {k: v for k, v in report.summary.outcomes.items() if v},
-                "api_calls": report.liveness_api_calls,
-            })
-        return {"fleet": "200 locks: 16 claimed GitHub-hosted, 8 self-hosted, 8 GitLab, 4 mapped, 4 laptops, 160 young",
-                "cycles": cycles}
+            self.lock(f"tfstate/young/{i}.tfstate", f"runner@fv-az{i}-1", timedelta(minutes=self.rng.uniform(1, 100)))
 
 
 class _NullAudit:

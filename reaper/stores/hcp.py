@@ -187,18 +187,10 @@ class HCPWorkspaceStore(ApiLockStore):
         holder = included.get(holder_ref)
         operation = ""
         if type_ == "runs":
-            run = holder
-            if run is None:  # not in ?include= (older TFE): read the run itself
-                try:
-                    run = (self.api.get(f"api/v2/runs/{quote(id_, safe='')}", kind="hcp.run").body or {}).get("data")
-                except ApiError as exc:
-                    return bad(f"locked by run {id_}, which could not be read ({exc.reason}): age unknown, kept")
-            ra = (run or {}).get("attributes") or {}
-            created, source = run_started(ra)
-            raw["run"] = {k: ra.get(k) for k in ("status", "created-at", "status-timestamps", "plan-only", "is-destroy",
-                                                "source", "trigger-reason") if k in ra}
-            raw["run"]["message"] = str(ra.get("message") or "")[:200]
-            operation = "OperationTypePlan" if ra.get("plan-only") else "OperationTypeApply"
+            found = self._run_lock(id_, holder, raw)
+            if isinstance(found, str):
+                return bad(found)
+            created, source, operation = found
         elif type_ in ("users", "teams"):
             created, source = attrs.get("updated-at"), "workspace updated-at (the API has no lock timestamp)"
             if holder is not None:
@@ -223,3 +215,18 @@ class HCPWorkspaceStore(ApiLockStore):
         except Exception as exc:  # pydantic ValidationError: e.g. a malformed timestamp
             return bad(f"locked by {who}, but its lock could not be described: {str(exc).splitlines()[0]}", token)
         return LockRecord(store=self.name, key=ws_id, lock_path=lock_path, token=token, raw=raw, info=info)
+
+    def _run_lock(self, id_: str, run: dict[str, Any] | None, raw: dict[str, Any]) -> tuple[str | None, str, str] | str:
+        """A run lock's (Created, where it came from, Operation), with the run's summary put in ``raw``;
+        or why the run could not be read."""
+        if run is None:  # not in ?include= (older TFE): read the run itself
+            try:
+                run = (self.api.get(f"api/v2/runs/{quote(id_, safe='')}", kind="hcp.run").body or {}).get("data")
+            except ApiError as exc:
+                return f"locked by run {id_}, which could not be read ({exc.reason}): age unknown, kept"
+        ra = (run or {}).get("attributes") or {}
+        created, source = run_started(ra)
+        raw["run"] = {k: ra.get(k) for k in ("status", "created-at", "status-timestamps", "plan-only", "is-destroy",
+                                            "source", "trigger-reason") if k in ra}
+        raw["run"]["message"] = str(ra.get("message") or "")[:200]
+        return created, source, "OperationTypePlan" if ra.get("plan-only") else "OperationTypeApply"
