@@ -35,11 +35,12 @@ import sys
 import textwrap
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from reaper.models import Reason, ReasonCode
 from reaper.report import GENERIC_REASON_TAILS
 
 from .fake_ci import FakeCI
@@ -504,11 +505,25 @@ _NEVER_ASKED = {  # the flag the decision set, and why that lock was never a liv
 }
 
 
+_CODES = {c.value for c in ReasonCode}
+
+
+def coded_reasons(entry: dict[str, Any]) -> list[Reason]:
+    """An entry's reasons with their codes (``reason_codes`` in the report's JSON, in the same order)."""
+    texts, codes = entry.get("reasons", []), entry.get("reason_codes", [])
+    if len(codes) != len(texts) or not set(codes) <= _CODES:
+        return [Reason.read(t) for t in texts]  # a report without (or with other) codes: coded from the text
+    return [Reason(ReasonCode(c), t) for t, c in zip(texts, codes)]
+
+
+_YOUNG = frozenset({ReasonCode.BELOW_MIN_AGE, ReasonCode.BELOW_MAX_AGE})
+
+
 def _not_a_candidate(entry: dict[str, Any]) -> str:
     for flag in entry.get("flags", []):
         if flag in _NEVER_ASKED:
             return _NEVER_ASKED[flag]
-    if any("below" in r for r in entry.get("reasons", [])):
+    if any(r.code in _YOUNG for r in coded_reasons(entry)):
         return "younger than the min_age floor or its rule's max_age (liveness is asked only past max_age)"
     return "not a candidate"
 
@@ -517,7 +532,7 @@ def why_lines(entry: dict[str, Any]) -> list[str]:
     """For one lock of the run report: the verdict, every reason, the evidence (status and URL), the flags."""
     if not entry:
         return ["(not in the run report)"]
-    reasons = [r for r in entry.get("reasons", []) if not r.startswith(GENERIC_REASON_TAILS)]
+    reasons = [r for r in coded_reasons(entry) if r.code not in GENERIC_REASON_TAILS]
     lines = [verdict(entry)]
     lines += [("why:      " if i == 0 else "          ") + r for i, r in enumerate(reasons)]
     urls: dict[str, list[str]] = {}
@@ -534,6 +549,22 @@ def why_lines(entry: dict[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------
+@dataclass
+class DemoRun:
+    """What the sections of one demo run share: the output, the clients, the fake CI, the seeded
+    locks, and ``result`` (the figures the test checks), filled section by section."""
+
+    out: Out
+    c: dict[str, Any]
+    res: dict[str, Any]
+    fake: FakeCI
+    now: datetime
+    seeds: list[Seed]
+    result: dict[str, Any]
+    shown: str = ""  # the policy file, as the commands name it
+    before: dict[str, Any] = field(default_factory=dict)  # the lock table before the reap
+
+
 def run_demo(out: Out, workdir: Path) -> dict[str, Any]:
     """The demo itself. Returns the figures the test checks."""
     started = time.monotonic()
@@ -546,162 +577,22 @@ def run_demo(out: Out, workdir: Path) -> dict[str, Any]:
     try:
         server.start()
         fake.start()
-        out.line(f"  starting the fake CI server on {fake.url} (devtools/fake_ci.py) ...")
-        out.line("  ready. No AWS or CI account is used: everything below talks to these two local servers.")
-        c = _clients(server.endpoint)
-        res = setup_aws(c)
-        out.line(f"  fake CI: GitHub's REST API at {fake.github_api} (as on GitHub Enterprise Server),")
-        out.line(f"           GitLab's at {fake.gitlab_api}; same payloads as the real APIs")
-        out.line(f"  created DynamoDB lock table   {TABLE} (key LockID, as Terraform's S3 backend expects)")
-        out.line(f"  created DynamoDB claims table {CLAIMS_TABLE} (keys Who + ClaimedAt, written by CI jobs)")
-        out.line(f"  created S3 audit bucket       s3://{AUDIT_BUCKET}/{AUDIT_PREFIX}")
-        out.line(f"  created SNS topic             {res['topic_arn']}")
-        out.line(f"     subscribed SQS queue       {ALERTS_QUEUE} (so we can read the alert)")
-        out.line(f"  created EventBridge rule      {EVENT_RULE}: detail-type '{DETAIL_TYPE}' -> SQS {EVENTS_QUEUE}")
-
+        c, res = _start(out, server, fake)
         now = datetime.now(timezone.utc)
-        seeds = seed_items(now)
-        by_path = {s.lock_id: s for s in seeds}
-        ci_envs = setup_ci(fake, seeds, now)
+        run = DemoRun(out=out, c=c, res=res, fake=fake, now=now, seeds=seed_items(now), result=result)
         base_env = _clean_env()
         base_env.update(server.env())
         base_env.update({"AWS_EC2_METADATA_DISABLED": "true", "PYTHONWARNINGS": "ignore"})
-
-        out.heading("Replay today's CI jobs: each claims, then Terraform takes its lock")
-        out.wrapped("Before `terraform`, each CI job runs `python -m reaper claim`. It reads the job's identity "
-                    "from the variables the CI system sets (listed under each command) and writes one item to "
-                    f"{CLAIMS_TABLE}. In CI, `claim` computes Who (user@hostname) exactly as Terraform does; "
-                    "this demo runs every job on this one machine, so it passes the lock's Who with --who.")
-        out.wrapped("These jobs ran hours ago. So that each claim carries the time its job ran, the command runs "
-                    "with devtools/replay_clock on PYTHONPATH and DEMO_CLOCK_OFFSET set: that moves only the "
-                    "claim command's clock. The reaper (scan, explain, reap) runs with the real clock.")
-        claim_exits: dict[str, int] = {}
-        for path, ci_env in ci_envs.items():
-            s = by_path[path]
-            kind = "GitHub Actions" if isinstance(s.ci, GitHubJob) else "GitLab CI"
-            out.sub(f"{_age(s.age + CLAIM_BEFORE_LOCK)} ago, a {kind} job claims, then its Terraform locks {path}")
-            proc = run_claim(out, s, ci_env, base_env, now)
-            claim_exits[path] = proc.returncode
-        result["claim_exits"] = claim_exits
-        claims = list(_all_items(c["dynamodb"], CLAIMS_TABLE).values())
-        result["claims"] = sorted((it["Who"]["S"], it["ClaimedAt"]["S"], it["Provider"]["S"]) for it in claims)
-
-        out.heading("The lock table: what those jobs, and others, left behind")
-        n_digests = fill_table(c["dynamodb"], seeds)
-        out.block(lock_listing(seeds, claimed=set(ci_envs)))
-        out.line(f"  + {n_digests} '-md5' state digests (one per state; never locks, never touched)")
-        before = _all_items(c["dynamodb"])
-        digests_before = {k: v for k, v in before.items() if "Digest" in v}
-        result["digests"] = len(digests_before)
-
-        out.heading("What the CI systems say now (the fake CI server's answers)")
-        out.block(_table(describe_ci(seeds, now), ["CI", "RUN / JOB", "RUNNER", "STATE NOW"]))
-        out.wrapped("GitHub's runner_name ('GitHub Actions 12') cannot be matched to a GitHub-hosted runner's hostname "
-                    "(runnervm..., fv-az...): the claim is what ties such a lock to its job. A GitLab runner's "
-                    "hostname names its project (runner-<token>-project-<id>-concurrent-<n>): the reaper asks that "
-                    "project for running or pending jobs, with or without a claim.")
-
-        out.heading("Write the policy file")
-        workdir.mkdir(parents=True, exist_ok=True)
-        policy_path = workdir / "policy.yaml"
-        policy = policy_text(fake)
-        policy_path.write_text(policy, encoding="utf-8")
-        shown = os.path.relpath(policy_path, ROOT) if policy_path.is_relative_to(ROOT) else str(policy_path)
-        out.line(f"  {shown}:")
-        out.block(policy, indent="  | ")
-        out.wrapped("A lock is reaped when it is past its rule's max_age and the CI system proves its holder dead, "
-                    "or, when nothing can be proved (unknown), only past hard_max_age. A live holder is never reaped.")
-
+        ci_envs = _replay_claims(run, base_env)
+        _fill_and_describe(run, claimed=set(ci_envs))
+        run.shown = _write_policy(run, workdir)
         env = dict(base_env)
         env.update({GITHUB_TOKEN_ENV: next(iter(fake.github_tokens)), GITLAB_TOKEN_ENV: next(iter(fake.gitlab_tokens))})
-
-        out.heading("Scan (read-only: lists every lock with its decision, deletes nothing)")
-        scan = run_cli(out, ["scan", "--config", shown], env)
-        result["scan_exit"] = scan.returncode
-        after_scan = _all_items(c["dynamodb"])
-        result["scan_deleted"] = len(before) - len(after_scan)
-
-        explained = next(s.lock_id for s in seeds if isinstance(s.ci, GitHubJob) and s.ci.fate == "cancelled")
-        out.heading("Explain one decision: the chain of evidence for a lock about to be reaped")
-        exp = run_cli(out, ["explain", explained, "--config", shown], env)
-        result.update(explain_exit=exp.returncode, explain_path=explained, explain_text=exp.stdout)
-
-        out.heading("Reap (enforce mode: audit first, then a conditional delete, then alerts)")
-        reap = run_cli(out, ["reap", "--config", shown, "--enforce"], env)
-        result["reap_exit"] = reap.returncode
-        after = _all_items(c["dynamodb"])
-
-        # ---- what happened: ground truth from the table, reasons and evidence from the alert ----
-        sns_msgs = _receive(c["sqs"], res["alerts_url"], want=1)
-        alert = json.loads(sns_msgs[0]["Body"]) if sns_msgs else None
-        report = _report_from_sns(alert.get("Message", "")) if alert else None
-        entries = {lk["lock_path"]: lk for lk in (report or {}).get("locks", [])}
-        result["outcomes"] = {p: {"outcome": e["outcome"], "liveness": e["liveness"], "flags": sorted(e.get("flags", []))}
-                              for p, e in entries.items()}
-        result["summary"] = (report or {}).get("summary", {})
-
-        gone = sorted(k for k, v in before.items() if "Info" in v and k not in after)
-        kept = sorted(k for k, v in after.items() if "Info" in v)
-        digests_after = {k: v for k, v in after.items() if "Digest" in v}
-        result.update(reaped=len(gone), kept=len(kept), reaped_ids=gone, kept_ids=kept,
-                      digests_unchanged=digests_after == digests_before)
-
-        out.heading("What happened, and why")
-        for title, paths in ((f"Reaped ({len(gone)}): deleted from {TABLE}, each recorded in the audit bucket first", gone),
-                             (f"Kept ({len(kept)}): still in {TABLE}", kept)):
-            out.line(f"  {title}")
-            for k in paths:
-                out.line(f"    - {k}")
-                for ln in why_lines(entries.get(k, {})):
-                    out.line(f"        {ln}")
-        out.line(f"  State digests: {len(digests_before)} before, {len(digests_after)} after, "
-                 + ("all unchanged" if result["digests_unchanged"] else "CHANGED (this is a bug)"))
-
-        out.heading("Audit records (written before each delete; `restore` reads them)")
-        objs = c["s3"].list_objects_v2(Bucket=AUDIT_BUCKET, Prefix=AUDIT_PREFIX).get("Contents", [])
-        result["audit_records"] = len(objs)
-        for o in objs:
-            out.line(f"  s3://{AUDIT_BUCKET}/{o['Key']}  ({o['Size']} bytes)")
-        records = [(o["Key"], json.loads(c["s3"].get_object(Bucket=AUDIT_BUCKET, Key=o["Key"])["Body"].read())) for o in objs]
-        pick = next(((k, r) for k, r in records if r.get("lock_path") == explained), records[0] if records else None)
-        if pick:
-            key, rec = pick
-            excerpt = {k: rec.get(k) for k in ("run_id", "recorded_at", "store", "lock_path", "lock_id", "rule", "reasons")}
-            liveness = rec.get("liveness") or {}
-            excerpt["liveness"] = {"state": liveness.get("state"), "checkers": liveness.get("checkers"),
-                                   "evidence": [{k: e.get(k) for k in ("detail", "url", "status")}
-                                                for e in liveness.get("evidence", [])]}
-            excerpt["item"] = rec.get("item")
-            result["audit_liveness"] = liveness.get("state")
-            out.sub(f"the record of {rec.get('lock_path')} (excerpt)")
-            out.block(json.dumps(excerpt, indent=2), indent="  | ")
-            out.line("  To put a reaped lock back (never overwrites a newer lock):")
-            out.line(f"    python -m reaper restore --config {shown} s3://{AUDIT_BUCKET}/{key}")
-
-        out.heading("The SNS alert that was sent (read back from the subscribed SQS queue)")
-        result["sns_received"] = len(sns_msgs)
-        if alert:
-            text = alert.get("Message", "")
-            readable = text.split("\n\n--- JSON", 1)[0]
-            result["sns_subject"] = alert.get("Subject", "")
-            out.line(f"  Subject: {alert.get('Subject', '')}")
-            out.block(readable, indent="  | ")
-            extra = len(text) - len(readable)
-            if extra > 0:
-                out.line(f"  | ... followed by the full run report as JSON ({extra} characters)")
-        else:
-            out.line("  no SNS message arrived")
-
-        out.heading("EventBridge events (one per reaped lock, routed by the rule to SQS)")
-        events = _receive(c["sqs"], res["events_url"], want=max(len(gone), 1), wait=5.0 if gone else 1.0)
-        result["events"] = len(events)
-        for msg in events:
-            ev = json.loads(msg["Body"])
-            d = ev.get("detail", {})
-            out.line(f"  {ev.get('source')} / {ev.get('detail-type')}: {d.get('lock_path')} "
-                     f"(lock {str(d.get('lock_id', ''))[:8]}, by {d.get('who')}, outcome {d.get('outcome')})")
-        if not events:
-            out.line("  no events arrived")
+        explained = _scan_explain_reap(run, env)
+        alert, gone = _what_happened(run)
+        _show_audit_records(run, explained)
+        _show_sns(run, alert)
+        _show_events(run, gone)
         result["ci_requests"] = len(fake.requests)
     finally:
         fake.stop()
@@ -712,6 +603,191 @@ def run_demo(out: Out, workdir: Path) -> dict[str, Any]:
     out.line("  Next: edit config/policy.yaml, then `python -m reaper validate --config config/policy.yaml`;")
     out.line("  add `python -m reaper claim` to your CI jobs before `terraform` (README: Liveness).")
     return result
+
+
+def _start(out: Out, server: MotoServer, fake: FakeCI) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The clients of the started emulator and the AWS resources created in it."""
+    out.line(f"  starting the fake CI server on {fake.url} (devtools/fake_ci.py) ...")
+    out.line("  ready. No AWS or CI account is used: everything below talks to these two local servers.")
+    c = _clients(server.endpoint)
+    res = setup_aws(c)
+    out.line(f"  fake CI: GitHub's REST API at {fake.github_api} (as on GitHub Enterprise Server),")
+    out.line(f"           GitLab's at {fake.gitlab_api}; same payloads as the real APIs")
+    out.line(f"  created DynamoDB lock table   {TABLE} (key LockID, as Terraform's S3 backend expects)")
+    out.line(f"  created DynamoDB claims table {CLAIMS_TABLE} (keys Who + ClaimedAt, written by CI jobs)")
+    out.line(f"  created S3 audit bucket       s3://{AUDIT_BUCKET}/{AUDIT_PREFIX}")
+    out.line(f"  created SNS topic             {res['topic_arn']}")
+    out.line(f"     subscribed SQS queue       {ALERTS_QUEUE} (so we can read the alert)")
+    out.line(f"  created EventBridge rule      {EVENT_RULE}: detail-type '{DETAIL_TYPE}' -> SQS {EVENTS_QUEUE}")
+    return c, res
+
+
+def _replay_claims(run: DemoRun, base_env: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Each CI job's claim, written by the real claim command; the CI environment of each claimed lock."""
+    out, seeds, now = run.out, run.seeds, run.now
+    by_path = {s.lock_id: s for s in seeds}
+    ci_envs = setup_ci(run.fake, seeds, now)
+    out.heading("Replay today's CI jobs: each claims, then Terraform takes its lock")
+    out.wrapped("Before `terraform`, each CI job runs `python -m reaper claim`. It reads the job's identity "
+                "from the variables the CI system sets (listed under each command) and writes one item to "
+                f"{CLAIMS_TABLE}. In CI, `claim` computes Who (user@hostname) exactly as Terraform does; "
+                "this demo runs every job on this one machine, so it passes the lock's Who with --who.")
+    out.wrapped("These jobs ran hours ago. So that each claim carries the time its job ran, the command runs "
+                "with devtools/replay_clock on PYTHONPATH and DEMO_CLOCK_OFFSET set: that moves only the "
+                "claim command's clock. The reaper (scan, explain, reap) runs with the real clock.")
+    claim_exits: dict[str, int] = {}
+    for path, ci_env in ci_envs.items():
+        s = by_path[path]
+        kind = "GitHub Actions" if isinstance(s.ci, GitHubJob) else "GitLab CI"
+        out.sub(f"{_age(s.age + CLAIM_BEFORE_LOCK)} ago, a {kind} job claims, then its Terraform locks {path}")
+        proc = run_claim(out, s, ci_env, base_env, now)
+        claim_exits[path] = proc.returncode
+    run.result["claim_exits"] = claim_exits
+    claims = list(_all_items(run.c["dynamodb"], CLAIMS_TABLE).values())
+    run.result["claims"] = sorted((it["Who"]["S"], it["ClaimedAt"]["S"], it["Provider"]["S"]) for it in claims)
+    return ci_envs
+
+
+def _fill_and_describe(run: DemoRun, claimed: set[str]) -> None:
+    """The lock table (kept in ``run.before``) and what the CI systems say about its holders."""
+    out = run.out
+    out.heading("The lock table: what those jobs, and others, left behind")
+    n_digests = fill_table(run.c["dynamodb"], run.seeds)
+    out.block(lock_listing(run.seeds, claimed=claimed))
+    out.line(f"  + {n_digests} '-md5' state digests (one per state; never locks, never touched)")
+    run.before = _all_items(run.c["dynamodb"])
+    run.result["digests"] = sum(1 for v in run.before.values() if "Digest" in v)
+
+    out.heading("What the CI systems say now (the fake CI server's answers)")
+    out.block(_table(describe_ci(run.seeds, run.now), ["CI", "RUN / JOB", "RUNNER", "STATE NOW"]))
+    out.wrapped("GitHub's runner_name ('GitHub Actions 12') cannot be matched to a GitHub-hosted runner's hostname "
+                "(runnervm..., fv-az...): the claim is what ties such a lock to its job. A GitLab runner's "
+                "hostname names its project (runner-<token>-project-<id>-concurrent-<n>): the reaper asks that "
+                "project for running or pending jobs, with or without a claim.")
+
+
+def _write_policy(run: DemoRun, workdir: Path) -> str:
+    """The policy file; returns its name as the commands are given it."""
+    out = run.out
+    out.heading("Write the policy file")
+    workdir.mkdir(parents=True, exist_ok=True)
+    policy_path = workdir / "policy.yaml"
+    policy = policy_text(run.fake)
+    policy_path.write_text(policy, encoding="utf-8")
+    shown = os.path.relpath(policy_path, ROOT) if policy_path.is_relative_to(ROOT) else str(policy_path)
+    out.line(f"  {shown}:")
+    out.block(policy, indent="  | ")
+    out.wrapped("A lock is reaped when it is past its rule's max_age and the CI system proves its holder dead, "
+                "or, when nothing can be proved (unknown), only past hard_max_age. A live holder is never reaped.")
+    return shown
+
+
+def _scan_explain_reap(run: DemoRun, env: dict[str, str]) -> str:
+    """scan, explain one lock, reap --enforce; returns the explained lock's path."""
+    out, result, shown = run.out, run.result, run.shown
+    out.heading("Scan (read-only: lists every lock with its decision, deletes nothing)")
+    scan = run_cli(out, ["scan", "--config", shown], env)
+    result["scan_exit"] = scan.returncode
+    after_scan = _all_items(run.c["dynamodb"])
+    result["scan_deleted"] = len(run.before) - len(after_scan)
+
+    explained = next(s.lock_id for s in run.seeds if isinstance(s.ci, GitHubJob) and s.ci.fate == "cancelled")
+    out.heading("Explain one decision: the chain of evidence for a lock about to be reaped")
+    exp = run_cli(out, ["explain", explained, "--config", shown], env)
+    result.update(explain_exit=exp.returncode, explain_path=explained, explain_text=exp.stdout)
+
+    out.heading("Reap (enforce mode: audit first, then a conditional delete, then alerts)")
+    reap = run_cli(out, ["reap", "--config", shown, "--enforce"], env)
+    result["reap_exit"] = reap.returncode
+    return explained
+
+
+def _what_happened(run: DemoRun) -> tuple[dict[str, Any] | None, list[str]]:
+    """Ground truth from the table, reasons and evidence from the alert; returns the SNS
+    message read back (or None) and the reaped locks' keys."""
+    out, result, before = run.out, run.result, run.before
+    after = _all_items(run.c["dynamodb"])
+    sns_msgs = _receive(run.c["sqs"], run.res["alerts_url"], want=1)
+    result["sns_received"] = len(sns_msgs)
+    alert = json.loads(sns_msgs[0]["Body"]) if sns_msgs else None
+    report = _report_from_sns(alert.get("Message", "")) if alert else None
+    entries = {lk["lock_path"]: lk for lk in (report or {}).get("locks", [])}
+    result["outcomes"] = {p: {"outcome": e["outcome"], "liveness": e["liveness"], "flags": sorted(e.get("flags", []))}
+                          for p, e in entries.items()}
+    result["summary"] = (report or {}).get("summary", {})
+
+    gone = sorted(k for k, v in before.items() if "Info" in v and k not in after)
+    kept = sorted(k for k, v in after.items() if "Info" in v)
+    digests_before = {k: v for k, v in before.items() if "Digest" in v}
+    digests_after = {k: v for k, v in after.items() if "Digest" in v}
+    result.update(reaped=len(gone), kept=len(kept), reaped_ids=gone, kept_ids=kept,
+                  digests_unchanged=digests_after == digests_before)
+
+    out.heading("What happened, and why")
+    for title, paths in ((f"Reaped ({len(gone)}): deleted from {TABLE}, each recorded in the audit bucket first", gone),
+                         (f"Kept ({len(kept)}): still in {TABLE}", kept)):
+        out.line(f"  {title}")
+        for k in paths:
+            out.line(f"    - {k}")
+            for ln in why_lines(entries.get(k, {})):
+                out.line(f"        {ln}")
+    out.line(f"  State digests: {len(digests_before)} before, {len(digests_after)} after, "
+             + ("all unchanged" if result["digests_unchanged"] else "CHANGED (this is a bug)"))
+    return alert, gone
+
+
+def _show_audit_records(run: DemoRun, explained: str) -> None:
+    out, c = run.out, run.c
+    out.heading("Audit records (written before each delete; `restore` reads them)")
+    objs = c["s3"].list_objects_v2(Bucket=AUDIT_BUCKET, Prefix=AUDIT_PREFIX).get("Contents", [])
+    run.result["audit_records"] = len(objs)
+    for o in objs:
+        out.line(f"  s3://{AUDIT_BUCKET}/{o['Key']}  ({o['Size']} bytes)")
+    records = [(o["Key"], json.loads(c["s3"].get_object(Bucket=AUDIT_BUCKET, Key=o["Key"])["Body"].read())) for o in objs]
+    pick = next(((k, r) for k, r in records if r.get("lock_path") == explained), records[0] if records else None)
+    if pick:
+        key, rec = pick
+        excerpt = {k: rec.get(k) for k in ("run_id", "recorded_at", "store", "lock_path", "lock_id", "rule", "reasons")}
+        liveness = rec.get("liveness") or {}
+        excerpt["liveness"] = {"state": liveness.get("state"), "checkers": liveness.get("checkers"),
+                               "evidence": [{k: e.get(k) for k in ("detail", "url", "status")}
+                                            for e in liveness.get("evidence", [])]}
+        excerpt["item"] = rec.get("item")
+        run.result["audit_liveness"] = liveness.get("state")
+        out.sub(f"the record of {rec.get('lock_path')} (excerpt)")
+        out.block(json.dumps(excerpt, indent=2), indent="  | ")
+        out.line("  To put a reaped lock back (never overwrites a newer lock):")
+        out.line(f"    python -m reaper restore --config {run.shown} s3://{AUDIT_BUCKET}/{key}")
+
+
+def _show_sns(run: DemoRun, alert: dict[str, Any] | None) -> None:
+    out = run.out
+    out.heading("The SNS alert that was sent (read back from the subscribed SQS queue)")
+    if alert:
+        text = alert.get("Message", "")
+        readable = text.split("\n\n--- JSON", 1)[0]
+        run.result["sns_subject"] = alert.get("Subject", "")
+        out.line(f"  Subject: {alert.get('Subject', '')}")
+        out.block(readable, indent="  | ")
+        extra = len(text) - len(readable)
+        if extra > 0:
+            out.line(f"  | ... followed by the full run report as JSON ({extra} characters)")
+    else:
+        out.line("  no SNS message arrived")
+
+
+def _show_events(run: DemoRun, gone: list[str]) -> None:
+    out = run.out
+    out.heading("EventBridge events (one per reaped lock, routed by the rule to SQS)")
+    events = _receive(run.c["sqs"], run.res["events_url"], want=max(len(gone), 1), wait=5.0 if gone else 1.0)
+    run.result["events"] = len(events)
+    for msg in events:
+        ev = json.loads(msg["Body"])
+        d = ev.get("detail", {})
+        out.line(f"  {ev.get('source')} / {ev.get('detail-type')}: {d.get('lock_path')} "
+                 f"(lock {str(d.get('lock_id', ''))[:8]}, by {d.get('who')}, outcome {d.get('outcome')})")
+    if not events:
+        out.line("  no events arrived")
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -4,6 +4,9 @@
 - LocalDirAuditSink: the same JSON in a local directory (the CLI and the demo).
 - TeeAuditSink: write to several; every write must succeed.
 If a write fails, the engine does not delete.
+
+A record is ``reaper.models.AuditRecord``; the engine hands the sinks its
+``model_dump(mode="json")``, the dict they store and ``restore`` reads back.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-AUDIT_SCHEMA = 1
+from .models import AUDIT_SCHEMA  # the record's format lives with its model (AuditRecord)
+
 _S3_REF = re.compile(r"^s3://([^/]+)/(.+)$")
 
 

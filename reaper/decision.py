@@ -1,6 +1,7 @@
 """The pure decision: (lock, liveness fact, policy, now) -> Decision with reasons.
 
-No boto3, no clock, no I/O: everything it needs is passed in. The engine calls
+No boto3, no clock, no I/O: everything it needs is passed in. Every reason is a
+``Reason`` with its ``ReasonCode``. The engine calls
 ``decide`` once without a liveness fact; when the answer says
 ``needs_liveness``, it asks the checkers (only then) and calls again.
 
@@ -15,13 +16,15 @@ The rules, in order (the first that applies wins):
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from .policy import Policy
 from .durations import format_duration
-from .models import Action, Decision, Flag, Liveness, LivenessFact, LockRecord
+from .models import Action, Decision, Flag, Liveness, LivenessFact, LockRecord, Reason
+from .models import ReasonCode as C
+from .policy import Policy
 
 
-def _keep(*reasons: str, flags: set[Flag] | None = None, **kw) -> Decision:
+def _keep(*reasons: Reason, flags: set[Flag] | None = None, **kw) -> Decision:
     return Decision(action=Action.KEEP, reasons=tuple(reasons), flags=frozenset(flags or ()), **kw)
 
 
@@ -30,11 +33,12 @@ def decide(lock: LockRecord, policy: Policy, now: datetime, fact: LivenessFact |
         raise ValueError("now must be timezone-aware")
     info = lock.info
     if info is None:
-        return _keep(f"unparseable lock: {lock.parse_error or 'no Info'}", flags={Flag.UNPARSEABLE})
+        return _keep(Reason(C.UNPARSEABLE, f"unparseable lock: {lock.parse_error or 'no Info'}"), flags={Flag.UNPARSEABLE})
 
     if info.Path != lock.lock_path:
         return _keep(
-            f"Info.Path {info.Path!r} differs from the lock's path {lock.lock_path!r}: suspicious, kept",
+            Reason(C.PATH_MISMATCH,
+                   f"Info.Path {info.Path!r} differs from the lock's path {lock.lock_path!r}: suspicious, kept"),
             flags={Flag.PATH_MISMATCH},
         )
 
@@ -42,8 +46,8 @@ def decide(lock: LockRecord, policy: Policy, now: datetime, fact: LivenessFact |
     age_s = age.total_seconds()
     if age_s < -policy.clock_skew.total_seconds():
         return _keep(
-            f"Created {info.Created.isoformat()} is {format_duration(-age)} in the future "
-            f"(beyond the {format_duration(policy.clock_skew)} clock skew): kept",
+            Reason(C.FUTURE_CREATED, f"Created {info.Created.isoformat()} is {format_duration(-age)} in the future "
+                   f"(beyond the {format_duration(policy.clock_skew)} clock skew): kept"),
             flags={Flag.FUTURE_CREATED},
             age_seconds=age_s,
         )
@@ -52,36 +56,40 @@ def decide(lock: LockRecord, policy: Policy, now: datetime, fact: LivenessFact |
 
     pattern = policy.excluded_by(lock.lock_path)
     if pattern is not None:
-        return _keep(f"excluded by {pattern!r}", flags={Flag.EXCLUDED}, age_seconds=age_s)
+        return _keep(Reason(C.EXCLUDED, f"excluded by {pattern!r}"), flags={Flag.EXCLUDED}, age_seconds=age_s)
 
     rule = policy.rule_for(lock.lock_path, info.Operation)
     if rule is None:
         return _keep(
-            f"no rule matches path {lock.lock_path!r} with operation {info.Operation or '(none)'}",
+            Reason(C.NO_RULE, f"no rule matches path {lock.lock_path!r} with operation {info.Operation or '(none)'}"),
             flags={Flag.NO_RULE},
             age_seconds=age_s,
         )
-    common = {"rule": rule.label, "age_seconds": age_s}
+    common: dict[str, Any] = {"rule": rule.label, "age_seconds": age_s}
 
     if age_s < policy.min_age.total_seconds():
-        return _keep(f"age {age_txt} is below the min_age floor {format_duration(policy.min_age)}", **common)
+        return _keep(Reason(C.BELOW_MIN_AGE, f"age {age_txt} is below the min_age floor {format_duration(policy.min_age)}"),
+                     **common)
     if age_s < rule.max_age.total_seconds():
-        return _keep(f"age {age_txt} is below max_age {format_duration(rule.max_age)} (rule {rule.label})", **common)
+        below = f"age {age_txt} is below max_age {format_duration(rule.max_age)} (rule {rule.label})"
+        return _keep(Reason(C.BELOW_MAX_AGE, below), **common)
 
-    stale = f"age {age_txt} >= max_age {format_duration(rule.max_age)} (rule {rule.label})"
+    stale = Reason(C.STALE, f"age {age_txt} >= max_age {format_duration(rule.max_age)} (rule {rule.label})")
     if fact is None:
-        return _keep(stale, "holder liveness not checked yet", needs_liveness=True, flags={Flag.STALE}, **common)
+        return _keep(stale, Reason(C.NOT_CHECKED, "holder liveness not checked yet"),
+                     needs_liveness=True, flags={Flag.STALE}, **common)
 
     past_hard = rule.hard_max_age is not None and age_s >= rule.hard_max_age.total_seconds()
     hard_txt = f"hard_max_age {format_duration(rule.hard_max_age)}" if rule.hard_max_age is not None else ""
-    evidence = f"holder {fact.state.value}: {fact.reason}"
+    holder = {Liveness.ALIVE: C.HOLDER_ALIVE, Liveness.DEAD: C.HOLDER_DEAD, Liveness.UNKNOWN: C.HOLDER_UNKNOWN}
+    evidence = Reason(holder[fact.state], f"holder {fact.state.value}: {fact.reason}")
 
     if fact.state is Liveness.ALIVE:
         flags = {Flag.STALE}
-        reasons = [stale, evidence, "never reaped while the holder is alive"]
+        reasons = [stale, evidence, Reason(C.NEVER_WHILE_ALIVE, "never reaped while the holder is alive")]
         if past_hard:
             flags.add(Flag.ALIVE_PAST_HARD_MAX)
-            reasons.append(f"age is past {hard_txt}: alert")
+            reasons.append(Reason(C.PAST_HARD_MAX_ALERT, f"age is past {hard_txt}: alert"))
         return _keep(*reasons, flags=flags, **common)
 
     if fact.state is Liveness.DEAD:
@@ -91,9 +99,11 @@ def decide(lock: LockRecord, policy: Policy, now: datetime, fact: LivenessFact |
     if past_hard:
         return Decision(
             action=Action.REAP,
-            reasons=(stale, evidence, f"age >= {hard_txt}: the policy allows reaping an unknown holder"),
+            reasons=(stale, evidence,
+                     Reason(C.HARD_MAX_ALLOWS, f"age >= {hard_txt}: the policy allows reaping an unknown holder")),
             flags=frozenset({Flag.STALE}),
             **common,
         )
     tail = f"kept until {hard_txt}" if rule.hard_max_age is not None else "no hard_max_age: kept"
-    return _keep(stale, evidence, f"unknown means keep ({tail})", flags={Flag.STALE, Flag.KEPT_UNKNOWN}, **common)
+    return _keep(stale, evidence, Reason(C.UNKNOWN_KEEP, f"unknown means keep ({tail})"),
+                 flags={Flag.STALE, Flag.KEPT_UNKNOWN}, **common)

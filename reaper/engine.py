@@ -1,15 +1,18 @@
 """One reaping cycle: scan every store, decide, gate, audit, delete, alert.
 
-The engine wires ports together and owns the order of effects:
-1. decide without liveness (pure); ask the checkers only for candidates;
-2. the dry-run gate, just before any action (report mode stops here);
-3. the per-run delete cap;
-4. the audit record (a failed write means no delete);
-5. the conditional delete (raced / gone are normal outcomes);
-6. alerts after the run (a failed alert is reported, never undoes a delete).
-One bad item or one failing store never stops the run.
+The engine wires ports together and owns the order of effects. Each candidate
+goes judge -> gate -> audit -> execute:
+1. judge: decide without liveness (pure); ask the checkers only for candidates;
+2. gate: kept locks stop here, then the dry-run gate just before any action
+   (report mode stops here), then the per-run delete cap (``DeleteBudget``;
+   a capped lock is kept with ``Flag.CAP_HIT``, counted by ``RunReport.finalize``);
+3. audit: an ``AuditRecord`` per copy (no audit sink, or a failed write, means no delete);
+4. execute: the conditional deletes (raced / gone are normal outcomes), turned
+   into the lock's entry by ``pairing.outcome_of``;
+then alerts after the run, in the sinks' ``order`` (a failed alert is reported,
+never undoes a delete). One bad item or one failing store never stops the run.
 
-Double locking (reaper/pairing.py): stores with ``pair_first`` (S3 lock files)
+Double locking (reaper/pairing.py): stores with ``traits.pair_first`` (S3 lock files)
 are scanned first and only indexed; a lock from another store with the same
 lock path and lock ID joins the indexed one as ONE candidate with two delete
 targets (decided once, audited per copy, deleted lock file first). Unpaired
@@ -21,14 +24,28 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any, Literal
 
-from .audit import AUDIT_SCHEMA
-from .policy import Policy
 from .decision import decide
-from .models import Action, DeleteResult, DeleteStatus, Flag, LivenessFact, LockRecord, Outcome
-from .pairing import PairIndex, Target
+from .models import (
+    Action,
+    AuditRecord,
+    Decision,
+    DeleteResult,
+    DeleteStatus,
+    DoubleLockCopies,
+    Flag,
+    LivenessFact,
+    LockRecord,
+    Outcome,
+    Reason,
+)
+from .models import ReasonCode as C
+from .pairing import CopyResult, PairIndex, Result, Target, outcome_of
+from .policy import Policy
 from .ports import AlertSink, AuditSink, Clock, LivenessChecker, LockStore
 from .report import AlertResult, EvidenceOut, LockEntry, RunReport, StoreReport, TargetOut
 
@@ -42,6 +59,59 @@ class NoLivenessChecker:
 
     def check(self, lock: LockRecord, now: datetime) -> LivenessFact:
         return LivenessFact.unknown("no liveness checker is configured", checkers=())
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+class DeleteBudget:
+    """The per-run delete cap. A candidate takes one delete (both copies of a double lock
+    take one); one whose audit record could not be written gives it back (nothing was deleted)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self) -> bool:
+        """One delete, if the cap allows it."""
+        if self.used >= self.limit:
+            return False
+        self.used += 1
+        return True
+
+    def give_back(self) -> None:
+        self.used -= 1
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What was decided about one candidate: its copies in delete order (two under double
+    locking), the decision taken on the first copy, the liveness fact it rests on, and when."""
+
+    targets: tuple[Target, ...]
+    decision: Decision
+    fact: LivenessFact | None
+    now: datetime
+
+    @property
+    def lock(self) -> LockRecord:
+        return self.targets[0].lock  # the one decision is taken on the first copy (the lock file)
+
+    def entry(self, outcome: Outcome, tail: Sequence[Reason] = (), *, flags: frozenset[Flag] = frozenset(),
+              current_holder: dict[str, str] | None = None, audit_ref: str | None = None,
+              refs: Sequence[str] = (), copies: Sequence[CopyResult] = ()) -> LockEntry:
+        """The report entry: the decision's reasons, then ``tail``; ``refs`` and ``copies``
+        (per copy, in delete order) fill the targets of a double lock."""
+        reasons = list(self.decision.reasons) + list(tail)
+        targets: list[TargetOut] = []
+        if len(self.targets) > 1:
+            reasons.insert(0, Reason(C.DOUBLE_LOCK, "held in " + " and ".join(t.store.name for t in self.targets)
+                                     + " (double locking): one lock, one decision"))
+            targets = [_target_out(t, refs[i] if i < len(refs) else None, copies[i] if i < len(copies) else None)
+                       for i, t in enumerate(self.targets)]
+        return _entry(self.lock, self.decision, self.fact, outcome, reasons, self.now, flags=flags,
+                      restorable=all(t.store.traits.restorable for t in self.targets), targets=targets,
+                      current_holder=current_holder, audit_ref=audit_ref)
 
 
 class Reaper:
@@ -60,7 +130,7 @@ class Reaper:
         self.policy = policy
         self.stores = list(stores)
         self.clock = clock
-        self.liveness = liveness or NoLivenessChecker()
+        self.liveness: LivenessChecker = liveness or NoLivenessChecker()
         self.audit = audit
         self.alerts = list(alerts)
         self.run_id = run_id or uuid.uuid4().hex[:12]
@@ -70,59 +140,55 @@ class Reaper:
         # there once, not also logged; the Lambda keeps the log lines.
         self.errors_in_output = False
 
-    # ------------------------------------------------------------------
+    # ------------------------------------------------------------------ the run
     def run(self, mode: Literal["report", "enforce"] | None = None) -> RunReport:
         mode = mode or self.policy.mode
         started = self.clock()
-        report = RunReport(
-            run_id=self.run_id,
-            mode=mode,
-            started_at=started.isoformat(),
-            max_deletes_per_run=self.policy.max_deletes_per_run,
-        )
-        state = {"deletes": 0}
+        report = RunReport(run_id=self.run_id, mode=mode, started_at=started.isoformat(),
+                           max_deletes_per_run=self.policy.max_deletes_per_run)
+        budget = DeleteBudget(self.policy.max_deletes_per_run)
         pairs = PairIndex()
-        first = [s for s in self.stores if getattr(s, "pair_first", False)]
+
+        def process(targets: list[Target]) -> None:
+            report.locks.append(self._safe_process(targets, mode, budget))
+
+        def paired(store: LockStore) -> Callable[[LockRecord], None]:
+            def on_lock(lock: LockRecord) -> None:
+                partner = pairs.claim(lock)
+                process([partner, Target(store, lock)] if partner is not None else [Target(store, lock)])
+            return on_lock
+
         done: dict[int, StoreReport] = {}
-        for store in first:  # lock files: indexed now, decided with their partner or after the others
-            done[id(store)] = self._run_store(store, mode, report, state, pairs, index_only=True)
+        for store in (s for s in self.stores if s.traits.pair_first):  # lock files: indexed now, decided later
+            done[id(store)] = self._run_store(store, partial(pairs.add, store), index_only=True)
         for store in self.stores:
             if id(store) not in done:
-                done[id(store)] = self._run_store(store, mode, report, state, pairs)
+                done[id(store)] = self._run_store(store, paired(store))
         for target in pairs.leftovers():
-            report.locks.append(self._safe_process([target], mode, report, state))
+            process([target])
         report.stores.extend(done[id(s)] for s in self.stores)
-        stats = getattr(self.liveness, "stats", None)
-        if callable(stats):
-            report.liveness_api_calls = stats()
+        report.liveness_api_calls = self.liveness.stats()
         report.finalize(self.clock(), started)
         self._alert(report)
         return report
 
-    # ------------------------------------------------------------------
     def _say(self, msg: str) -> None:
         if self.progress:
             self.progress(msg)
         else:
             log.info(msg)
 
-    def _run_store(self, store: LockStore, mode: str, report: RunReport, state: dict[str, int],
-                   pairs: PairIndex | None = None, index_only: bool = False) -> StoreReport:
+    def _run_store(self, store: LockStore, on_lock: Callable[[LockRecord], None], index_only: bool = False) -> StoreReport:
+        """Scan one store, handing each lock to ``on_lock``; a failing store is reported, never raised."""
         sr = StoreReport(name=store.name)
         try:
             store.validate()
             self._say(f"{store.name}: scanning")
             for lock in store.scan():
                 sr.locks += 1
-                if index_only and pairs is not None:
-                    pairs.add(store, lock)
-                    continue
-                partner = pairs.claim(lock) if pairs is not None else None
-                targets = [partner, Target(store, lock)] if partner is not None else [Target(store, lock)]
-                report.locks.append(self._safe_process(targets, mode, report, state))
-                st = store.stats()
-                if self.progress_every and sr.locks % self.progress_every == 0:
-                    self._say(f"{store.name}: {st.get('items', 0)} items, {sr.locks} locks so far")
+                on_lock(lock)
+                if not index_only and self.progress_every and sr.locks % self.progress_every == 0:
+                    self._say(f"{store.name}: {store.stats().get('items', 0)} items, {sr.locks} locks so far")
         except Exception as exc:
             sr.status = "error"
             sr.error = f"{type(exc).__name__}: {exc}" if type(exc).__name__ != "StoreError" else str(exc)
@@ -139,6 +205,37 @@ class Reaper:
         )
         return sr
 
+    # ------------------------------------------------------------------ one candidate
+    def _safe_process(self, targets: list[Target], mode: str, budget: DeleteBudget) -> LockEntry:
+        try:
+            return self._process(targets, mode, budget)
+        except Exception as exc:  # never crash the run over one item
+            lock = targets[0].lock
+            log.exception("unexpected error on %s", lock.key)
+            failed = Reason(C.INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
+            return _entry(lock, None, None, Outcome.ERROR, [failed])
+
+    def _process(self, targets: list[Target], mode: str, budget: DeleteBudget) -> LockEntry:
+        """One candidate lock: ``targets`` are its copies in delete order (two under double locking)."""
+        judged = self._judge(targets)
+        stopped = self._gate(judged, mode, budget)
+        if stopped is not None:
+            return stopped
+        refs, refused = self._record(judged)
+        if refused is not None:
+            budget.give_back()  # nothing was deleted
+            return refused
+        return self._execute(judged, refs)
+
+    def _judge(self, targets: list[Target]) -> Judgement:
+        """The pure decision; the checkers are asked only when it needs liveness."""
+        lock, now = targets[0].lock, self.clock()
+        decision, fact = decide(lock, self.policy, now), None
+        if decision.needs_liveness:
+            fact = self._check(lock, now)
+            decision = decide(lock, self.policy, now, fact)
+        return Judgement(tuple(targets), decision, fact, now)
+
     def _check(self, lock: LockRecord, now: datetime) -> LivenessFact:
         try:
             return self.liveness.check(lock, now)
@@ -146,168 +243,95 @@ class Reaper:
             log.warning("liveness check failed for %s: %s", lock.key, exc)
             return LivenessFact.unknown(f"liveness check failed: {type(exc).__name__}: {exc}")
 
-    def _safe_process(self, targets: list[Target], mode: str, report: RunReport, state: dict[str, int]) -> LockEntry:
-        try:
-            return self._process(targets, mode, report, state)
-        except Exception as exc:  # never crash the run over one item
-            lock = targets[0].lock
-            log.exception("unexpected error on %s", lock.key)
-            return _entry(lock, None, None, Outcome.ERROR, [f"internal error: {type(exc).__name__}: {exc}"])
-
-    def _process(self, targets: list[Target], mode: str, report: RunReport, state: dict[str, int]) -> LockEntry:
-        """One candidate lock: ``targets`` are its copies in delete order (two under double locking)."""
-        lock = targets[0].lock  # the one decision is taken on the first copy (the lock file)
-        now = self.clock()
-        decision = decide(lock, self.policy, now)
-        fact = None
-        if decision.needs_liveness:
-            fact = self._check(lock, now)
-            decision = decide(lock, self.policy, now, fact)
-        reasons = list(decision.reasons)
-        paired = len(targets) > 1
-        if paired:
-            reasons.insert(0, "held in " + " and ".join(t.store.name for t in targets)
-                           + " (double locking): one lock, one decision")
-
-        def entry(outcome: Outcome, tail: list[str]) -> LockEntry:
-            e = _entry(lock, decision, fact, outcome, reasons + tail, now)
-            e.restorable = all(getattr(t.store, "restorable", True) for t in targets)
-            if paired:
-                e.targets = [TargetOut(store=t.store.name, key=t.lock.key) for t in targets]
-            return e
-
-        if decision.action is Action.KEEP:
-            return entry(Outcome.KEPT, [])
-
+    def _gate(self, judged: Judgement, mode: str, budget: DeleteBudget) -> LockEntry | None:
+        """The entry of a candidate that stops before any effect, or None to go on."""
+        if judged.decision.action is Action.KEEP:
+            return judged.entry(Outcome.KEPT)
         # ---- the dry-run gate: nothing below this line runs in report mode ----
         if mode != "enforce":
-            return entry(Outcome.WOULD_REAP, ["report mode: not deleted"])
+            return judged.entry(Outcome.WOULD_REAP, [Reason(C.REPORT_MODE, "report mode: not deleted")])
+        if not budget.take():
+            return judged.entry(Outcome.KEPT, [Reason(C.CAP_REACHED, f"cap of {budget.limit} deletes per run reached: kept")],
+                                flags=frozenset({Flag.CAP_HIT}))
+        return None
 
-        if state["deletes"] >= self.policy.max_deletes_per_run:
-            report.summary.cap_hit = True
-            return entry(Outcome.KEPT, [f"cap of {self.policy.max_deletes_per_run} deletes per run reached: kept"])
-
+    def _record(self, judged: Judgement) -> tuple[list[str], LockEntry | None]:
+        """Every copy is recorded before anything is deleted: the refs, and the entry of a
+        candidate that cannot be recorded (then nothing is deleted)."""
         if self.audit is None:
-            return entry(Outcome.ERROR, ["no audit sink is configured: refusing to delete"])
+            return [], judged.entry(Outcome.ERROR, [Reason(C.NO_AUDIT, "no audit sink is configured: refusing to delete")])
         refs: list[str] = []
-        try:  # every copy is recorded before anything is deleted
-            for i, t in enumerate(targets):
-                refs.append(self.audit.write(self._audit_record(t.store, t.lock, decision, fact, now, targets, i)))
+        try:
+            for position in range(len(judged.targets)):
+                refs.append(self.audit.write(audit_record(self.run_id, judged, position).model_dump(mode="json")))
         except Exception as exc:
-            e = entry(Outcome.ERROR, [f"audit write failed, not deleted: {type(exc).__name__}: {exc}"])
-            e.audit_ref = refs[0] if refs else None
-            return e
+            failed = Reason(C.AUDIT_FAILED, f"audit write failed, not deleted: {type(exc).__name__}: {exc}")
+            return refs, judged.entry(Outcome.ERROR, [failed], audit_ref=refs[0] if refs else None)
+        return refs, None
 
-        state["deletes"] += 1
-        results: list[DeleteResult | Exception] = []
-        for t in targets:
+    def _execute(self, judged: Judgement, refs: list[str]) -> LockEntry:
+        """The conditional deletes, in order; a changed or failed copy leaves the next one alone."""
+        results: list[Result] = []
+        for t in judged.targets:
             try:
                 results.append(t.store.delete(t.lock))
             except Exception as exc:
                 results.append(exc)
             last = results[-1]
             if not (isinstance(last, DeleteResult) and last.status is DeleteStatus.DELETED):
-                break  # a changed or failed copy: the next one is left alone
-        e = self._outcome(entry, targets, results)
-        e.audit_ref = refs[0]
-        for i, t in enumerate(e.targets):
-            t.audit_ref = refs[i]
-        for t, res in zip(targets, results):
-            detail = res.detail if isinstance(res, DeleteResult) else f"{type(res).__name__}: {res}"
-            status = res.status.value if isinstance(res, DeleteResult) else "error"
-            self._say(f"{t.store.name}: {status} {t.lock.key}{_detail_once(status, detail)}")
-        return e
+                break
+        done = outcome_of(judged.targets, results)
+        entry = judged.entry(done.outcome, done.reasons, flags=done.flags, current_holder=done.current_holder,
+                             audit_ref=refs[0], refs=refs, copies=done.copies)
+        for t, copy in zip(judged.targets, done.copies, strict=False):
+            self._say(f"{t.store.name}: {copy.result} {t.lock.key}{_detail_once(copy.result, copy.detail)}")
+        return entry
 
-    @staticmethod
-    def _outcome(entry: Callable[[Outcome, list[str]], LockEntry], targets: list[Target],
-                 results: list[DeleteResult | Exception]) -> LockEntry:
-        to_outcome = {DeleteStatus.DELETED: Outcome.REAPED, DeleteStatus.RACED: Outcome.RACED, DeleteStatus.GONE: Outcome.GONE}
-
-        def text(res: DeleteResult | Exception) -> str:
-            return res.detail if isinstance(res, DeleteResult) else f"{type(res).__name__}: {res}"
-
-        first = results[0]
-        if len(targets) == 1 or not (isinstance(first, DeleteResult) and first.status is DeleteStatus.DELETED):
-            if isinstance(first, Exception):
-                e = entry(Outcome.ERROR, [f"delete failed: {text(first)}"])
-            else:
-                e = entry(to_outcome[first.status], [first.detail])
-                if first.status is DeleteStatus.RACED:
-                    e.current_holder = {"id": first.current_id or "", "who": first.current_who or ""}
-            if len(targets) > 1:
-                e.reasons.append(f"nothing was deleted: {targets[1].store.name} was left alone")
-        else:
-            second = results[1]
-            ok = isinstance(second, DeleteResult) and second.status is not DeleteStatus.RACED
-            if ok:
-                e = entry(Outcome.REAPED, [f"{t.store.name}: {text(r)}" for t, r in zip(targets, results)])
-            else:
-                lock = targets[1].lock
-                if isinstance(second, DeleteResult):  # raced: another lock sits in the item now
-                    advice = (f"it now holds lock {second.current_id or '?'} by {second.current_who or '?'}: check "
-                              "that holder before touching it")
-                else:
-                    advice = (f"it still holds this lock: release it by hand (terraform force-unlock {lock.lock_id}) "
-                              "once the holder is confirmed dead")
-                e = entry(Outcome.ERROR, [
-                    f"{targets[0].store.name}: {text(first)}",
-                    f"{targets[1].store.name}: {text(second)}",
-                    f"DOUBLE LOCK HALF RELEASED: the lock file was deleted but {targets[1].store.name} item "
-                    f"{lock.key} was not, so the state STAYS LOCKED; {advice}.",
-                ])
-                e.flags = sorted(set(e.flags) | {Flag.DOUBLE_LOCK_PARTIAL.value})
-                if isinstance(second, DeleteResult):
-                    e.current_holder = {"id": second.current_id or "", "who": second.current_who or ""}
-        for t, res in zip(e.targets, results):
-            t.result = res.status.value if isinstance(res, DeleteResult) else "error"  # type: ignore[assignment]
-            t.detail = text(res)
-        return e
-
-    def _audit_record(self, store: LockStore, lock: LockRecord, decision: Any, fact: LivenessFact | None,
-                      now: datetime, targets: list[Target] | None = None, position: int = 0) -> dict[str, Any]:
-        restorable = bool(getattr(store, "restorable", True))
-        extra: dict[str, Any] = {}
-        if not restorable:
-            extra["restore_note"] = getattr(store, "restore_note", f"{store.name} locks cannot be re-created")
-        if targets and len(targets) > 1:
-            extra["double_lock"] = {
-                "stores": [t.store.name for t in targets],
-                "keys": [t.lock.key for t in targets],
-                "delete_order": position + 1,
-            }
-        return {
-            "schema": AUDIT_SCHEMA,
-            "run_id": self.run_id,
-            "recorded_at": now.isoformat(),
-            "store": lock.store,
-            "key": lock.key,
-            "lock_path": lock.lock_path,
-            "lock_id": lock.lock_id,
-            "item": lock.raw,
-            "token": lock.token,
-            "info": lock.info.model_dump(mode="json") if lock.info else None,
-            "decision": decision.action.value,
-            "rule": decision.rule,
-            "age_seconds": decision.age_seconds,
-            "reasons": list(decision.reasons),
-            "liveness": fact.model_dump(mode="json") if fact else None,
-            "restorable": restorable,
-            **extra,
-        }
-
+    # ------------------------------------------------------------------ after the run
     def _alert(self, report: RunReport) -> None:
-        # metrics last, so its Errors count includes failed alerts
-        ordered = sorted(self.alerts, key=lambda s: getattr(s, "name", "") == "metrics")
-        for sink in ordered:
-            name = getattr(sink, "name", type(sink).__name__)
+        for sink in sorted(self.alerts, key=lambda s: s.order):  # metrics last: its Errors count includes failed alerts
             try:
                 detail = sink.publish(report)
-                report.alerts.append(AlertResult(sink=name, status="sent" if detail else "skipped", detail=detail or ""))
+                report.add_alert(AlertResult(sink=sink.name, status="sent" if detail else "skipped", detail=detail or ""))
             except Exception as exc:
                 if not self.errors_in_output:
-                    log.error("alert sink %s failed: %s", name, exc)
-                report.alerts.append(AlertResult(sink=name, status="error", detail=f"{type(exc).__name__}: {exc}"))
-                report.summary.alert_errors += 1
+                    log.error("alert sink %s failed: %s", sink.name, exc)
+                report.add_alert(AlertResult(sink=sink.name, status="error", detail=f"{type(exc).__name__}: {exc}"))
+
+
+def audit_record(run_id: str, judged: Judgement, position: int) -> AuditRecord:
+    """The audit record of copy ``position`` (in delete order) of a judged candidate."""
+    store, lock = judged.targets[position].store, judged.targets[position].lock
+    decision, fact = judged.decision, judged.fact
+    double = None
+    if len(judged.targets) > 1:
+        double = DoubleLockCopies(stores=[t.store.name for t in judged.targets], keys=[t.lock.key for t in judged.targets],
+                                  delete_order=position + 1)
+    restorable = store.traits.restorable
+    return AuditRecord(
+        run_id=run_id,
+        recorded_at=judged.now.isoformat(),
+        store=lock.store,
+        key=lock.key,
+        lock_path=lock.lock_path,
+        lock_id=lock.lock_id,
+        item=lock.raw,
+        token=lock.token,
+        info=lock.info,
+        decision=decision.action,
+        rule=decision.rule,
+        age_seconds=decision.age_seconds,
+        reasons=list(decision.reasons),
+        liveness=fact,
+        restorable=restorable,
+        restore_note=None if restorable else (store.traits.restore_note or f"{store.name} locks cannot be re-created"),
+        double_lock=double,
+    )
+
+
+def _target_out(target: Target, ref: str | None, copy: CopyResult | None) -> TargetOut:
+    attempted: dict[str, Any] = {"result": copy.result, "detail": copy.detail} if copy is not None else {}
+    return TargetOut(store=target.store.name, key=target.lock.key, audit_ref=ref, **attempted)
 
 
 def _detail_once(status: str, detail: str) -> str:
@@ -319,7 +343,7 @@ def _detail_once(status: str, detail: str) -> str:
     return f" {rest}" if rest.startswith("(") else f" ({rest})"
 
 
-def _age_seconds(lock: LockRecord, decision: Any, now: datetime | None) -> float | None:
+def _age_seconds(lock: LockRecord, decision: Decision | None, now: datetime | None) -> float | None:
     """The decision's age; for a lock kept before the age check (e.g. Info.Path differs), its age from Created."""
     if decision is not None and decision.age_seconds is not None:
         return round(decision.age_seconds, 1)
@@ -328,8 +352,10 @@ def _age_seconds(lock: LockRecord, decision: Any, now: datetime | None) -> float
     return None
 
 
-def _entry(lock: LockRecord, decision: Any, fact: LivenessFact | None, outcome: Outcome, reasons: list[str],
-           now: datetime | None = None) -> LockEntry:
+def _entry(lock: LockRecord, decision: Decision | None, fact: LivenessFact | None, outcome: Outcome,
+           reasons: list[Reason], now: datetime | None = None, *, flags: frozenset[Flag] = frozenset(),
+           **extra: Any) -> LockEntry:
+    """The report entry of one lock; ``flags`` join the decision's (``extra``: restorable, targets, ...)."""
     info = lock.info
     return LockEntry(
         store=lock.store,
@@ -349,5 +375,6 @@ def _entry(lock: LockRecord, decision: Any, fact: LivenessFact | None, outcome: 
         decision=decision.action.value if decision is not None else "keep",
         outcome=outcome,
         reasons=reasons,
-        flags=sorted(f.value for f in (decision.flags if decision is not None else ())),
+        flags=sorted(f.value for f in (decision.flags if decision is not None else frozenset()) | flags),
+        **extra,
     )

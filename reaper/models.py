@@ -11,7 +11,8 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, field_validator, model_serializer
+from pydantic_core import core_schema
 
 # Terraform writes Created with time.Now().UTC() in RFC 3339 with 0..9 fractional
 # digits. Python's datetime keeps microseconds, so extra digits are truncated.
@@ -171,13 +172,124 @@ class Flag(str, Enum):
     # a lock held in two stores (double locking) was deleted from the first but not
     # the second: the state stays locked (set by the engine, never by the decision)
     DOUBLE_LOCK_PARTIAL = "double_lock_partial"
+    # a lock that would have been reaped was kept because the run's delete cap was
+    # reached (set by the engine; RunReport.finalize turns it into summary.cap_hit)
+    CAP_HIT = "cap_hit"
+
+
+class ReasonCode(str, Enum):
+    """What a reason says, for code that selects reasons (the report's main reason, the demo)."""
+
+    # the decision (reaper/decision.py)
+    UNPARSEABLE = "unparseable"
+    PATH_MISMATCH = "path_mismatch"
+    FUTURE_CREATED = "future_created"
+    EXCLUDED = "excluded"
+    NO_RULE = "no_rule"
+    BELOW_MIN_AGE = "below_min_age"
+    BELOW_MAX_AGE = "below_max_age"
+    STALE = "stale"  # age >= max_age
+    NOT_CHECKED = "not_checked"  # liveness not asked yet
+    HOLDER_ALIVE = "holder_alive"
+    HOLDER_DEAD = "holder_dead"
+    HOLDER_UNKNOWN = "holder_unknown"
+    NEVER_WHILE_ALIVE = "never_while_alive"
+    PAST_HARD_MAX_ALERT = "past_hard_max_alert"  # alive past hard_max_age: an alert note
+    HARD_MAX_ALLOWS = "hard_max_allows"
+    UNKNOWN_KEEP = "unknown_keep"
+    # the engine (reaper/engine.py, reaper/pairing.py)
+    DOUBLE_LOCK = "double_lock"  # held in two stores: one lock, one decision
+    REPORT_MODE = "report_mode"
+    CAP_REACHED = "cap_reached"
+    NO_AUDIT = "no_audit"
+    AUDIT_FAILED = "audit_failed"
+    DELETED = "deleted"
+    RACED = "raced"
+    GONE = "gone"
+    DELETE_FAILED = "delete_failed"
+    COPY_RESULT = "copy_result"  # "<store>: <what its delete did>", one per copy of a double lock
+    LEFT_ALONE = "left_alone"  # the second copy was not touched
+    HALF_RELEASED = "half_released"
+    INTERNAL_ERROR = "internal_error"
+    OTHER = "other"  # a reason read back without its code that matches no known text
+
+
+# How reasons written without a code (JSON from before codes, hand-made entries) are
+# recognised: the beginning of each text this code base writes. Only read back, never used
+# for reasons made here, which carry their code.
+_TEXT_CODES: tuple[tuple[str, ReasonCode], ...] = (
+    ("unparseable lock: ", ReasonCode.UNPARSEABLE),
+    ("Info.Path ", ReasonCode.PATH_MISMATCH),
+    ("Created ", ReasonCode.FUTURE_CREATED),
+    ("excluded by ", ReasonCode.EXCLUDED),
+    ("no rule matches ", ReasonCode.NO_RULE),
+    ("holder liveness not checked yet", ReasonCode.NOT_CHECKED),
+    ("holder alive: ", ReasonCode.HOLDER_ALIVE),
+    ("holder dead: ", ReasonCode.HOLDER_DEAD),
+    ("holder unknown: ", ReasonCode.HOLDER_UNKNOWN),
+    ("never reaped while the holder is alive", ReasonCode.NEVER_WHILE_ALIVE),
+    ("age is past ", ReasonCode.PAST_HARD_MAX_ALERT),
+    ("age >= hard_max_age ", ReasonCode.HARD_MAX_ALLOWS),
+    ("unknown means keep", ReasonCode.UNKNOWN_KEEP),
+    ("held in ", ReasonCode.DOUBLE_LOCK),
+    ("report mode: not deleted", ReasonCode.REPORT_MODE),
+    ("cap of ", ReasonCode.CAP_REACHED),
+    ("no audit sink is configured", ReasonCode.NO_AUDIT),
+    ("audit write failed", ReasonCode.AUDIT_FAILED),
+    ("deleted (", ReasonCode.DELETED),
+    ("delete failed: ", ReasonCode.DELETE_FAILED),
+    ("nothing was deleted: ", ReasonCode.LEFT_ALONE),
+    ("DOUBLE LOCK HALF RELEASED", ReasonCode.HALF_RELEASED),
+    ("internal error: ", ReasonCode.INTERNAL_ERROR),
+)
+_AGE = re.compile(r"^age .+? (is below the min_age floor|is below max_age|>= max_age) ")
+_AGE_CODES = {"is below the min_age floor": ReasonCode.BELOW_MIN_AGE, "is below max_age": ReasonCode.BELOW_MAX_AGE,
+              ">= max_age": ReasonCode.STALE}
+
+
+class Reason(str):
+    """One reason of a decision or an outcome: its text, as reports print it, and its ``code``.
+
+    A ``str``, so it prints, compares and serialises as its text (JSON stays a list of
+    strings); code that selects reasons reads ``code`` instead of matching the text.
+    """
+
+    code: ReasonCode
+
+    def __new__(cls, code: ReasonCode, text: str) -> Reason:
+        self = super().__new__(cls, text)
+        self.code = code
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Reason, (self.code, str(self)))
+
+    @classmethod
+    def read(cls, text: str) -> Reason:
+        """A reason read back without its code: coded from its text (ReasonCode.OTHER if unknown)."""
+        if isinstance(text, Reason):
+            return text
+        m = _AGE.match(text)
+        if m:
+            return cls(_AGE_CODES[m.group(1)], text)
+        code = next((c for prefix, c in _TEXT_CODES if text.startswith(prefix)), ReasonCode.OTHER)
+        return cls(code, text)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        # a string in JSON and in model_dump; a Reason keeps its code, a plain string is coded by ``read``
+        return core_schema.no_info_wrap_validator_function(
+            lambda v, inner: v if isinstance(v, Reason) else cls.read(inner(v)),
+            core_schema.str_schema(),
+            serialization=core_schema.plain_serializer_function_ser_schema(str, when_used="always"),
+        )
 
 
 class Decision(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     action: Action
-    reasons: tuple[str, ...]
+    reasons: tuple[Reason, ...]
     rule: str | None = None
     age_seconds: float | None = None
     needs_liveness: bool = False
@@ -208,3 +320,52 @@ class DeleteResult(BaseModel):
     detail: str = ""
     current_id: str | None = None
     current_who: str | None = None
+
+
+# The audit record's format; ``restore`` refuses any other (reaper/audit.py).
+AUDIT_SCHEMA = 1
+
+
+class DoubleLockCopies(BaseModel):
+    """In the audit record of one copy of a double lock: both copies, and this one's place."""
+
+    stores: list[str]
+    keys: list[str]
+    delete_order: int  # 1 for the lock file (deleted first), 2 for the item
+
+
+class AuditRecord(BaseModel):
+    """What is recorded about one lock (one copy) before it is deleted; ``restore`` reads it back.
+
+    ``model_dump(mode="json")`` is the JSON the audit sinks store, with the keys records have
+    always had: ``restore_note`` and ``double_lock`` appear only when set.
+    """
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    schema_: int = Field(default=AUDIT_SCHEMA, alias="schema")  # "schema" would shadow BaseModel.schema
+    run_id: str
+    recorded_at: str  # datetime.isoformat(), as records have always been written
+    store: str
+    key: str
+    lock_path: str
+    lock_id: str
+    item: dict[str, Any]  # the original item: what restore writes back
+    token: str
+    info: LockInfo | None
+    decision: Action
+    rule: str | None
+    age_seconds: float | None
+    reasons: list[str]
+    liveness: LivenessFact | None
+    restorable: bool
+    restore_note: str | None = None
+    double_lock: DoubleLockCopies | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_extras(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        for optional in ("restore_note", "double_lock"):
+            if out.get(optional) is None:
+                out.pop(optional, None)
+        return out

@@ -11,10 +11,10 @@ from collections import Counter
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from .durations import format_duration
-from .models import Flag, Outcome
+from .models import Flag, Outcome, Reason, ReasonCode
 
 # CloudWatch metric names (namespace from the policy, dimension service=lock-reaper).
 # infra/ builds its alarms and dashboard from the same names.
@@ -69,12 +69,18 @@ class LockEntry(BaseModel):
     evidence: list[EvidenceOut] = Field(default_factory=list)
     decision: Literal["keep", "reap"]
     outcome: Outcome
-    reasons: list[str]
+    reasons: list[Reason]  # strings in JSON; each keeps its code (a plain string is coded by Reason.read)
     flags: list[str] = Field(default_factory=list)
     audit_ref: str | None = None
     current_holder: dict[str, str] | None = None  # who holds it now, when raced
     restorable: bool = True  # False where the store cannot re-create a lock (HCP Terraform, GitLab)
     targets: list[TargetOut] = Field(default_factory=list)  # set when one lock lives in two stores
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def reason_codes(self) -> list[str]:
+        """The code of each reason, in the same order (in JSON next to ``reasons``)."""
+        return [Reason.read(r).code.value for r in self.reasons]
 
 
 class StoreReport(BaseModel):
@@ -149,9 +155,20 @@ class RunReport(BaseModel):
         s.kept_unknown = sum(1 for e in self.locks if Flag.KEPT_UNKNOWN.value in e.flags and e.outcome is Outcome.KEPT)
         s.alive_past_hard_max = flags[Flag.ALIVE_PAST_HARD_MAX.value]
         s.double_lock_partial = flags[Flag.DOUBLE_LOCK_PARTIAL.value]
+        s.cap_hit = flags[Flag.CAP_HIT.value] > 0
         s.store_errors = sum(1 for st in self.stores if st.status == "error")
+        self._count_alerts()
         self.finished_at = finished.isoformat()
         self.duration_seconds = round((finished - started).total_seconds(), 3)
+
+    def add_alert(self, result: AlertResult) -> None:
+        """What one alert sink did. Alerts come after ``finalize``: the summary's count of failed
+        alerts is kept up to date here, so that the sinks told later (metrics) count them."""
+        self.alerts.append(result)
+        self._count_alerts()
+
+    def _count_alerts(self) -> None:
+        self.summary.alert_errors = sum(1 for a in self.alerts if a.status == "error")
 
     def metric_values(self) -> dict[str, float]:
         s = self.summary
@@ -281,21 +298,19 @@ def _clip(s: str, n: int) -> str:
     return head.rstrip(" ,;:") + "…"
 
 
-# Reasons that note what was done, not why: report.py and devtools/demo.py skip them.
-GENERIC_REASON_TAILS = ("report mode: not deleted", "deleted (", "never reaped while the holder is alive")
-
-
-def _is_alert_note(reason: str) -> bool:
-    return reason.startswith("age is past ") and reason.endswith(": alert")
+# The codes of reasons that note what was done, not why (the generic tails of a reason list):
+# report.py and devtools/demo.py skip them.
+GENERIC_REASON_TAILS = frozenset({ReasonCode.REPORT_MODE, ReasonCode.DELETED, ReasonCode.NEVER_WHILE_ALIVE})
 
 
 def _main_reason(e: LockEntry) -> tuple[str, str]:
     """The decisive reason (the last one, skipping generic outcome notes) and an alert note
     such as `` (past hard_max_age 4h: alert)``: a kept lock leads with why it was kept."""
-    notes = [r.removeprefix("age is ") for r in e.reasons if _is_alert_note(r)]
+    coded = [Reason.read(r) for r in e.reasons]
+    notes = [r.removeprefix("age is ") for r in coded if r.code is ReasonCode.PAST_HARD_MAX_ALERT]
     note = f" ({'; '.join(notes)})" if notes else ""
-    for reason in reversed(e.reasons):
-        if not reason.startswith(GENERIC_REASON_TAILS) and not _is_alert_note(reason):
+    for reason in reversed(coded):
+        if reason.code not in GENERIC_REASON_TAILS and reason.code is not ReasonCode.PAST_HARD_MAX_ALERT:
             return reason, note
     return (e.reasons[-1] if e.reasons else ""), ""
 

@@ -236,6 +236,9 @@ class AliveChecker:
     def check(self, lock: Any, now: datetime) -> LivenessFact:
         return LivenessFact(state=Liveness.ALIVE, reason="ci: job 'plan' is in_progress", checkers=("ci",))
 
+    def stats(self) -> dict[str, Any]:
+        return {}
+
 
 def test_a_kept_lock_leads_with_its_keep_reason(ddb: Any, tmp_path: Path) -> None:
     def build(policy: Any, progress: Any = None) -> Any:

@@ -40,6 +40,9 @@ class CountingLiveness:
         self.calls.append((lock.store, lock.key))
         return LivenessFact(state=self.state, reason=f"the CI run is {self.state.value}", checkers=("fake",))
 
+    def stats(self) -> dict[str, Any]:
+        return {}
+
 
 @pytest.fixture
 def world(aws: None) -> dict[str, Any]:

@@ -57,8 +57,13 @@ class FixedLiveness:
             raise self.exc
         return LivenessFact(state=self.state, reason=f"fake says {self.state.value}", checkers=("fake",))
 
+    def stats(self) -> dict[str, Any]:
+        return {}
+
 
 class RecordingSink:
+    order = 10
+
     def __init__(self, name: str, fail: bool = False) -> None:
         self.name, self.fail, self.reports = name, fail, []
 

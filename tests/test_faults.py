@@ -100,6 +100,9 @@ class DeadLiveness:
         self.calls.append(lock.key)
         return LivenessFact(state=Liveness.DEAD, reason="the run finished (fake CI)", checkers=("fake-ci",))
 
+    def stats(self) -> dict[str, Any]:
+        return {}
+
 
 @dataclass
 class World:
@@ -572,6 +575,9 @@ def test_failing_liveness_check_deletes_nothing(world: World) -> None:
     class Broken:
         def check(self, lock: LockRecord, now: datetime) -> LivenessFact:
             raise ConnectionError("CI API unreachable")
+
+        def stats(self) -> dict[str, Any]:
+            return {}
 
     report, metrics = world.run(liveness=Broken())
     assert report.count(Outcome.REAPED) == 0

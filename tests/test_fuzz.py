@@ -373,11 +373,15 @@ class FakeLiveness:
         state = liveness_of(who)
         return LivenessFact(state=state, reason=f"fake CI says {state.value}", checkers=("fuzz",))
 
+    def stats(self) -> dict[str, Any]:
+        return {}
+
 
 class RenderingSink:
     """An alert sink that renders everything the real sinks render (SNS text + JSON, the table)."""
 
     name = "render"
+    order = 10
 
     def __init__(self) -> None:
         self.sizes: list[int] = []

@@ -114,6 +114,7 @@ class Trial:
 
         class Hooked:
             name = inner.name
+            traits = inner.traits
 
             def validate(self) -> None:
                 inner.validate()
@@ -148,6 +149,9 @@ class Trial:
             def check(self, lock: LockRecord, now: datetime) -> LivenessFact:
                 trial.fire("liveness", lock)
                 return LivenessFact(state=Liveness.DEAD, reason="run finished (trial)", checkers=("trial",))
+
+            def stats(self) -> dict[str, Any]:
+                return {}
 
         return Dead()
 

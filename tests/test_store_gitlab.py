@@ -44,6 +44,9 @@ class Unknown:
     def check(self, lock: LockRecord, now: datetime) -> LivenessFact:
         return LivenessFact.unknown("no CI evidence for this holder")
 
+    def stats(self) -> dict[str, Any]:
+        return {}
+
 
 def make_policy(fake: FakeGitLab, projects: str = f"[{PROJECT}]", extra: str = "") -> Policy:
     return parse_policy(f"""

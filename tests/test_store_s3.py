@@ -49,6 +49,9 @@ class Dead:
     def check(self, lock: LockRecord, now: datetime) -> LivenessFact:
         return LivenessFact(state=Liveness.DEAD, reason="the CI run finished", checkers=("fake",))
 
+    def stats(self) -> dict[str, Any]:
+        return {}
+
 
 def record_calls(client: Any, operation: str) -> list[dict[str, Any]]:
     """Every ``operation`` call's parameters, as botocore is asked to send them."""

@@ -155,6 +155,9 @@ def test_stale_lockfile_from_real_terraform_is_reaped_and_restored(
 
             return LivenessFact.unknown("no CI evidence in this test")
 
+        def stats(self) -> dict[str, Any]:
+            return {}
+
     report = Reaper(policy, stores, clock=lambda: created + timedelta(minutes=90), liveness=Unknown(), audit=audit).run()
     assert [e.outcome for e in report.locks] == [Outcome.KEPT]  # past max_age, unknown, below hard_max_age
     report = Reaper(policy, stores, clock=lambda: created + timedelta(hours=3), liveness=Unknown(), audit=audit).run()

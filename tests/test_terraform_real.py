@@ -161,6 +161,9 @@ class ProcessLiveness:
             return LivenessFact(state=Liveness.ALIVE, reason=f"terraform pid {self.proc.pid} is still running")
         return LivenessFact.unknown("not our process")
 
+    def stats(self) -> dict[str, Any]:
+        return {}
+
 
 def test_live_holder_at_prompt_is_kept_and_apply_completes(
     terraform_binary: Path, backend: S3Backend, ddb: Any, tmp_path: Path
