@@ -9,12 +9,11 @@ The adapters of one run share the run's HTTP pool and API call counter.
 from __future__ import annotations
 
 import typing
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import NOW
 
 from devtools.locks import info_json
 from reaper import wiring
@@ -30,6 +29,7 @@ from reaper.policy.schema import DynamoDBStoreConfig, GitLabStateStoreConfig, HC
 from reaper.ports import ORDER_METRICS, ORDER_NOTIFY, LockStore, StoreTraits
 from reaper.wiring import Deps, build_components, build_reaper
 
+NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 RULES = [{"match": "*", "max_age": "2h", "hard_max_age": "1d"}]
 
 # one minimal valid config per type; a type missing here fails test_every_type_has_a_sample
