@@ -61,7 +61,7 @@ deps: $(VENV)/.installed node_modules/.installed $(TF_DIR)/terraform
 demo: $(VENV)/.demo-installed
 	$(PY) -m devtools.demo
 
-test: deps
+test: deps lint
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed

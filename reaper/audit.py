@@ -115,7 +115,7 @@ class TeeAuditSink:
         return refs[0]
 
     def read(self, ref: str) -> dict[str, Any]:
-        sink = next((s for s in self.sinks if isinstance(s, S3AuditSink)), None) if ref.startswith("s3://") else None
+        sink: Any = next((s for s in self.sinks if isinstance(s, S3AuditSink)), None) if ref.startswith("s3://") else None
         if sink is None:
             sink = next((s for s in self.sinks if isinstance(s, LocalDirAuditSink)), self.sinks[0])
         return sink.read(ref)

@@ -149,8 +149,9 @@ def _error_code(exc: BaseException) -> str:
         code = error_code(e, default="") if e is not None else ""
         if code:
             return code
-        if isinstance(getattr(e, "status", None), int):
-            return f"HTTP {e.status}"  # type: ignore[union-attr]
+        status = getattr(e, "status", None)  # an ApiError's HTTP status (reaper.http.client)
+        if isinstance(status, int):
+            return f"HTTP {status}"
     return type(exc).__name__
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
@@ -33,7 +33,7 @@ def parse_created(value: str) -> datetime:
     year, month, day, hour, minute, second, frac, tz = m.groups()
     micro = int((frac or "0").ljust(6, "0")[:6])
     if tz in ("Z", "z"):
-        tzinfo = timezone.utc
+        tzinfo = UTC
     else:
         sign = 1 if tz[0] == "+" else -1
         hh, mm = int(tz[1:3]), int(tz[4:6])
@@ -42,7 +42,7 @@ def parse_created(value: str) -> datetime:
         tzinfo = timezone(sign * timedelta(hours=hh, minutes=mm))
     dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tzinfo)
     try:
-        return dt.astimezone(timezone.utc)
+        return dt.astimezone(UTC)
     except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before datetime.min in UTC
         raise ValueError(f"Created {value[:64]!r} is out of range") from None
 
@@ -68,7 +68,7 @@ class LockInfo(BaseModel):
         return parse_created(v)
 
     @classmethod
-    def parse(cls, raw: str) -> "LockInfo":
+    def parse(cls, raw: str) -> LockInfo:
         """Parse the raw Info string; raises ValueError with a short reason."""
         try:
             data = json.loads(raw)
@@ -149,7 +149,7 @@ class LivenessFact(BaseModel):
     authoritative: bool = False
 
     @classmethod
-    def unknown(cls, reason: str, checkers: tuple[str, ...] = ()) -> "LivenessFact":
+    def unknown(cls, reason: str, checkers: tuple[str, ...] = ()) -> LivenessFact:
         return cls(state=Liveness.UNKNOWN, reason=reason, checkers=checkers)
 
 

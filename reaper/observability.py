@@ -7,7 +7,6 @@ Service name and metrics namespace come from the environment the stack sets
 from __future__ import annotations
 
 import os
-
 from contextlib import contextmanager
 from typing import Any
 

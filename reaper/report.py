@@ -76,7 +76,7 @@ class LockEntry(BaseModel):
     restorable: bool = True  # False where the store cannot re-create a lock (HCP Terraform, GitLab)
     targets: list[TargetOut] = Field(default_factory=list)  # set when one lock lives in two stores
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # mypy rejects a decorator over @property; pydantic's documented form
     @property
     def reason_codes(self) -> list[str]:
         """The code of each reason, in the same order (in JSON next to ``reasons``)."""
@@ -257,8 +257,8 @@ class RunReport(BaseModel):
                 row.append(" + ".join(_audit_refs(e)) or "-")
             rows.append(row)
         widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         return lines
 
     def render_text_summary(self) -> str:
@@ -335,7 +335,8 @@ def liveness_line(calls: dict[str, Any]) -> str:
     if ci:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(ci.items()))
         n = sum(ci.values())
-        parts.append(f"{n} CI API call{'s' if n != 1 else ''} ({kinds}; {calls.get('not_modified', 0)} answered 304 Not Modified)")
+        not_modified = calls.get("not_modified", 0)
+        parts.append(f"{n} CI API call{'s' if n != 1 else ''} ({kinds}; {not_modified} answered 304 Not Modified)")
     for prefix, one, many in _CALL_GROUPS:
         n = sum(v for k, v in by_kind.items() if k.split(".", 1)[0] == prefix)
         if n:

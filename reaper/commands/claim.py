@@ -11,9 +11,10 @@ import argparse
 import json
 import os
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
+from .. import aws
 from ..aws import error_code, error_message
 from ..durations import format_duration, parse_duration
 from ..liveness.claims import ClaimError, ClaimStore, claim_from_env, claim_time
@@ -42,7 +43,7 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, out: Any, err: Any, env: Mapping[str, str] | None = None,
         client_factory: Callable[..., Any] | None = None, now: datetime | None = None) -> int:
     env = os.environ if env is None else env
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     table = args.table or env.get("REAPER_CLAIMS_TABLE")
     if not table and not args.dry_run:
         print("error: no claims table: pass --table or set REAPER_CLAIMS_TABLE", file=err)
@@ -62,11 +63,10 @@ def run(args: argparse.Namespace, out: Any, err: Any, env: Mapping[str, str] | N
     doc = {"table": table, "who": claim.who, "claimed_at": claim_time(claim.claimed_at), "provider": claim.provider,
            "claim": claim.describe(), "url": claim.url, "expires_at": claim.expires_at, "dry_run": bool(args.dry_run),
            "item": claim.to_item()}
-    if not args.dry_run:
-        if client_factory is None:
-            from ..aws import client as client_factory
+    if table and not args.dry_run:
+        factory = client_factory or aws.client
         try:
-            ClaimStore(client_factory("dynamodb", args.region), table).put(claim)
+            ClaimStore(factory("dynamodb", args.region), table).put(claim)
         except Exception as exc:
             code, msg = error_code(exc), error_message(exc)
             print(f"error: could not write the claim to {table}: {code}: {msg[:300]}", file=err)

@@ -51,8 +51,8 @@ _RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
 
 def _pkcs8_rsa_key(der: bytes) -> bytes:
     """The PKCS#1 RSAPrivateKey (DER) inside a PKCS#8 PrivateKeyInfo (RFC 5208)."""
-    from pyasn1.codec.der import decoder  # type: ignore[import-untyped]
-    from pyasn1.type import namedtype, univ  # type: ignore[import-untyped]
+    from pyasn1.codec.der import decoder
+    from pyasn1.type import namedtype, univ
 
     class _AlgorithmIdentifier(univ.Sequence):
         componentType = namedtype.NamedTypes(

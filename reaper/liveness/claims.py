@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,7 +40,7 @@ def claim_time(at: datetime) -> str:
     """RFC 3339 UTC with exactly 6 fractional digits: sortable as a string."""
     if at.tzinfo is None:
         raise ValueError("claim times must be timezone-aware")
-    return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Claim(BaseModel):
@@ -69,21 +69,25 @@ class Claim(BaseModel):
             "ClaimedAt": {"S": claim_time(self.claimed_at)},
             "Provider": {"S": self.provider},
         }
-        strings = {"ApiUrl": self.api_url, "Repo": self.repo, "Project": self.project, "JobName": self.job_name,
-                   "RunnerName": self.runner_name, "Url": self.url,
-                   "StartedAt": claim_time(self.started_at) if self.started_at else None}
-        numbers = {"ProjectId": self.project_id, "RunId": self.run_id, "RunAttempt": self.run_attempt,
-                   "JobId": self.job_id, TTL_ATTRIBUTE: self.expires_at}
-        for k, v in strings.items():
-            if v:
-                item[k] = {"S": str(v)}
-        for k, v in numbers.items():
-            if v is not None:
-                item[k] = {"N": str(int(v))}
+        strings: dict[str, str | None] = {
+            "ApiUrl": self.api_url, "Repo": self.repo, "Project": self.project, "JobName": self.job_name,
+            "RunnerName": self.runner_name, "Url": self.url,
+            "StartedAt": claim_time(self.started_at) if self.started_at else None,
+        }
+        numbers: dict[str, int | None] = {
+            "ProjectId": self.project_id, "RunId": self.run_id, "RunAttempt": self.run_attempt,
+            "JobId": self.job_id, TTL_ATTRIBUTE: self.expires_at,
+        }
+        for k, text in strings.items():
+            if text:
+                item[k] = {"S": str(text)}
+        for k, number in numbers.items():
+            if number is not None:
+                item[k] = {"N": str(int(number))}
         return item
 
     @classmethod
-    def from_item(cls, item: Mapping[str, Any]) -> "Claim":
+    def from_item(cls, item: Mapping[str, Any]) -> Claim:
         def s(k: str) -> str | None:
             v = item.get(k)
             return v.get("S") if isinstance(v, dict) else None
@@ -151,7 +155,8 @@ def claim_from_env(
         elif env.get("GITLAB_CI") == "true" or env.get("CI_JOB_ID"):
             provider = "gitlab"
         else:
-            raise ClaimError("not running in GitHub Actions or GitLab CI (no GITHUB_RUN_ID or CI_JOB_ID): pass --provider and the ids")
+            raise ClaimError("not running in GitHub Actions or GitLab CI (no GITHUB_RUN_ID or CI_JOB_ID): "
+                             "pass --provider and the ids")
     if provider == "github":
         repo = o.get("repo") or env.get("GITHUB_REPOSITORY")
         run_id = o.get("run_id") or _int(env, "GITHUB_RUN_ID")

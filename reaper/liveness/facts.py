@@ -8,10 +8,18 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from ..durations import format_duration
-from ..models import Evidence, Liveness, LivenessFact, parse_created
 from ..http.client import ApiError
+from ..models import Evidence, Liveness, LivenessFact, LockRecord, parse_created
 
 T = TypeVar("T")
+
+
+def created_at(lock: LockRecord) -> datetime:
+    """The lock's ``Created``. Checkers are asked only about parsed locks (the decision keeps an
+    unparseable one before it asks); a composite turns this error into an unknown answer."""
+    if lock.info is None:
+        raise ValueError(f"{lock.key}: the lock's Info was not parsed, so it has no Created")
+    return lock.info.Created
 
 
 def ev(source: str, detail: str, url: str | None = None, status: str | None = None, at: datetime | None = None) -> Evidence:
@@ -74,7 +82,8 @@ def judge_finished(
     unknown, never dead.
     """
     if finished_at is None:
-        return unknown(source, f"{what} is {status} but reports no finish time", ev(source, f"{what}: {status}, no finish time", url, status))
+        return unknown(source, f"{what} is {status} but reports no finish time",
+                       ev(source, f"{what}: {status}, no finish time", url, status))
     if finished_at <= created:
         detail = (f"{what} finished at {finished_at.isoformat()}, before the lock was created "
                   f"({created.isoformat()}): it is not this lock's holder")

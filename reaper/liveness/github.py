@@ -40,6 +40,7 @@ from .facts import (
     Memo,
     alive,
     contested,
+    created_at,
     dead,
     ev,
     finished_horizon,
@@ -129,7 +130,7 @@ class GitHubClaimVerifier:
 
     def verify(self, claim: Claim, lock: LockRecord, now: datetime) -> LivenessFact:
         src = self.source
-        created = lock.info.Created  # type: ignore[union-attr]
+        created = created_at(lock)
         if not claim.repo or not claim.run_id:
             return unknown(src, f"claim by {claim.who} has no repo/run id")
         try:
@@ -168,13 +169,13 @@ class GitHubClaimVerifier:
                                   str(j.get("status"))))
             detail = f"{scope}: {_job_label(j)} is {j.get('status')}"
             return alive(src, detail, ev(src, detail, j.get("html_url") or claim.url, str(j.get("status")), started))
-        finished = [ts(j.get("completed_at")) for j in jobs]
-        if any(f is None for f in finished):
+        ended = [(ts(j.get("completed_at")), j) for j in jobs]
+        known = [(at, j) for at, j in ended if at is not None]
+        if len(known) < len(ended):
             return unknown(src, f"{scope}: a completed job has no completed_at", ev(src, "completed_at missing", claim.url))
-        last_i = max(range(len(jobs)), key=lambda i: finished[i])  # type: ignore[arg-type,return-value]
-        last = jobs[last_i]
+        last_at, last = max(known, key=lambda pair: pair[0])
         status = f"completed/{last.get('conclusion') or 'none'}"
-        return judge_finished(src, f"{scope}: {_job_label(last)}", finished[last_i], created, now, self.grace,
+        return judge_finished(src, f"{scope}: {_job_label(last)}", last_at, created, now, self.grace,
                               last.get("html_url") or claim.url, status, skew=self.skew)
 
 
@@ -335,7 +336,7 @@ class GitHubReposChecker:
         one that started after it (the holder's clock may lag beyond the skew); unknown for a list that
         failed or was cut short; None when no run is active."""
         src = self.name
-        created = lock.info.Created  # type: ignore[union-attr]
+        created = created_at(lock)
         skew = self.policy.clock_skew
         later: list[Any] = []
         uncertain = False
@@ -370,7 +371,7 @@ class GitHubReposChecker:
         """Contested when a completed run finished within the grace period, unknown when a list failed or was
         cut short, None when every completed run that could matter finished long enough ago."""
         src = self.name
-        created = lock.info.Created  # type: ignore[union-attr]
+        created = created_at(lock)
         grace = self.policy.liveness.grace
         horizon = finished_horizon(now, grace, self.policy.liveness.max_run_duration)
         since = horizon.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -34,6 +34,7 @@ from .facts import (
     Memo,
     alive,
     contested,
+    created_at,
     dead,
     ev,
     finished_horizon,
@@ -127,7 +128,7 @@ class GitLabClaimVerifier:
             lag = host_clock_lags(src, what, claim.claimed_at, [ts(job.get("started_at")), claim.started_at], self.skew, url)
             if lag is not None:
                 return lag
-            created = lock.info.Created  # type: ignore[union-attr]
+            created = created_at(lock)
             return judge_finished(src, what, ts(job.get("finished_at")), created, now, self.grace, url, status,
                                   skew=self.skew)
         return unknown(src, f"{what} has status {status!r}", ev(src, f"unrecognised status {status!r}", url, status))
@@ -201,7 +202,7 @@ class GitLabJobsChecker:
         for one that started after it (the holder's clock may lag beyond the skew); unknown for a list that
         failed or was cut short; None when no job is live."""
         src = self.name
-        created = lock.info.Created  # type: ignore[union-attr]
+        created = created_at(lock)
         skew = self.policy.clock_skew
         later: list[Any] = []
         uncertain = False
@@ -238,7 +239,7 @@ class GitLabJobsChecker:
         """Contested when a job finished within the grace period, unknown when a list failed or was cut short,
         None when every finished job that could matter finished long enough ago."""
         src = self.name
-        created = lock.info.Created  # type: ignore[union-attr]
+        created = created_at(lock)
         grace = self.policy.liveness.grace
         horizon = finished_horizon(now, grace, self.policy.liveness.max_run_duration)
         recent: list[Any] = []

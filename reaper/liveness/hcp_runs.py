@@ -20,7 +20,7 @@ from urllib.parse import quote
 from ..durations import format_duration
 from ..http.client import ApiError, JsonApi
 from ..models import LivenessFact, LockRecord
-from .facts import alive, dead, ev, from_error, ts, unknown
+from .facts import alive, created_at, dead, ev, from_error, ts, unknown
 
 FINAL_STATUSES = frozenset(
     {"applied", "planned_and_finished", "errored", "discarded", "canceled", "force_canceled", "policy_soft_failed"}
@@ -92,7 +92,7 @@ class HCPRunChecker:
 
     def _run(self, lock: LockRecord, id_: str, now: datetime) -> LivenessFact:
         src, api = self.name, self.api
-        created = lock.info.Created  # type: ignore[union-attr]
+        created = created_at(lock)
         org = lock.raw.get("organization", "")
         page = f"{api.base_url}/app/{org}/workspaces/{lock.raw.get('workspace_name', '')}/runs/{id_}"
         path = f"api/v2/runs/{quote(id_, safe='')}"

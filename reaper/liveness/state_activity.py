@@ -10,13 +10,13 @@ S3 ``.tflock`` files); other stores are "not applicable".
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..aws import error_code, http_status
 from ..durations import format_duration
 from ..models import LivenessFact, LockRecord
-from .facts import alive, ev, unknown
+from .facts import alive, created_at, ev, unknown
 
 S3_STORES = ("dynamodb:", "s3:")
 
@@ -45,7 +45,10 @@ class StateActivityChecker:
         if not self.applies(lock):
             return None
         src = self.name
-        bucket, key = split_lock_path(lock.lock_path)  # type: ignore[misc]
+        where = split_lock_path(lock.lock_path)
+        if where is None:
+            return None
+        bucket, key = where
         url = f"s3://{bucket}/{key}"
         with self._lock:
             denied = self._denied.get(bucket)
@@ -72,8 +75,8 @@ class StateActivityChecker:
         modified = head.get("LastModified")
         if not isinstance(modified, datetime):
             return unknown(src, f"state object {url}: no LastModified", ev(src, "no LastModified", url))
-        modified = modified.astimezone(timezone.utc)
-        created = lock.info.Created  # type: ignore[union-attr]
+        modified = modified.astimezone(UTC)
+        created = created_at(lock)
         age = now - modified
         if modified > created and age <= self.window:
             detail = (f"state object written {format_duration(age)} ago, after the lock was created "

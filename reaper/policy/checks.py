@@ -14,7 +14,6 @@ from ..durations import format_duration
 from .errors import Problem
 from .lines import find
 from .liveness import LivenessConfig, RuleLiveness, rule_mapping_problems
-
 from .types import DEFAULT_MIN_AGE, Duration, Globs, Operations
 
 # Set in the validation context by the loader, which runs these checks itself on the raw document;
@@ -76,7 +75,8 @@ def cross_errors(data: Mapping[str, Any], root: yaml.Node | None) -> list[Proble
         j = first.setdefault(rule.name, i) if rule.name is not None else i
         if j != i:
             found.append(Problem(find(root, ("rules", i, "name")), f"rules[{i}].name",
-                                 f"duplicate rule name {rule.name!r} (first at rules[{j}], line {find(root, ('rules', j, 'name'))})"))
+                                 f"duplicate rule name {rule.name!r} (first at rules[{j}], "
+                                 f"line {find(root, ('rules', j, 'name'))})"))
     return found
 
 

@@ -26,7 +26,7 @@ class Problem(str):
     field: str | None
     message: str
 
-    def __new__(cls, line: int | None, field: str | None, message: str) -> "Problem":
+    def __new__(cls, line: int | None, field: str | None, message: str) -> Problem:
         self = super().__new__(cls, (f"line {line}: " if line else "") + (f"{field}: " if field else "") + message)
         self.line, self.field, self.message = line, field, message
         return self

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from .types import Globs, Strict as _Strict, duration_type
+from .types import Globs, duration_type
+from .types import Strict as _Strict
 
-Duration = duration_type("30s, 5m or 1h", "sm")
-LongDuration = duration_type("12h, 7d or 2w", "hd")
+if TYPE_CHECKING:  # to the type checker a duration field is a timedelta; at run time it also parses "5m"
+    Duration = timedelta
+    LongDuration = timedelta
+else:
+    Duration = duration_type("30s, 5m or 1h", "sm")
+    LongDuration = duration_type("12h, 7d or 2w", "hd")
 
 _REPO = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
 Repo = Annotated[str, Field(pattern=_REPO, description="owner/name")]
@@ -24,7 +29,8 @@ _ENV = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 
 GITHUB_RUN_STATUSES = ("in_progress", "queued", "waiting", "requested", "pending")
-GITLAB_LIVE_SCOPES = ("running", "pending", "preparing", "canceling", "waiting_for_resource", "created", "scheduled")
+GitLabLiveScope = Literal["running", "pending", "preparing", "canceling", "waiting_for_resource", "created", "scheduled"]
+GITLAB_LIVE_SCOPES = get_args(GitLabLiveScope)
 
 
 def _check_api_url(v: str) -> str:
@@ -68,7 +74,7 @@ class RunnerScope(_Strict):
     )
 
     @model_validator(mode="after")
-    def _one_scope(self) -> "RunnerScope":
+    def _one_scope(self) -> RunnerScope:
         if (self.org is None) == (self.repo is None):
             raise ValueError("set exactly one of org or repo")
         return self
@@ -83,10 +89,18 @@ class _ProviderBase(_Strict):
     token_secret: str | None = Field(default=None, pattern=_SECRET, description="Secrets Manager secret with the token")
     token_env: str | None = Field(default=None, pattern=_ENV, description="environment variable with the token (local runs)")
     timeout: Duration | None = None
+    type: str  # narrowed to a Literal by each provider
 
     @property
     def label(self) -> str:
-        return self.name or getattr(self, "type")
+        return self.name or self.type
+
+
+RunStatus = Literal["in_progress", "queued", "waiting", "requested", "pending"]
+
+
+def _default_run_statuses() -> list[RunStatus]:
+    return ["in_progress", "queued", "waiting"]
 
 
 class GitHubProvider(_ProviderBase):
@@ -94,9 +108,7 @@ class GitHubProvider(_ProviderBase):
     api_url: Annotated[str, BeforeValidator(lambda v: _check_api_url(v) if isinstance(v, str) else v)] = "https://api.github.com"
     app: GitHubAppAuth | None = None
     runners: list[RunnerScope] = Field(default_factory=list)
-    active_run_statuses: list[Literal["in_progress", "queued", "waiting", "requested", "pending"]] = Field(
-        default_factory=lambda: ["in_progress", "queued", "waiting"], min_length=1
-    )
+    active_run_statuses: list[RunStatus] = Field(default_factory=_default_run_statuses, min_length=1)
 
     @field_validator("active_run_statuses")
     @classmethod
@@ -108,11 +120,15 @@ class GitHubProvider(_ProviderBase):
         return v
 
     @model_validator(mode="after")
-    def _one_auth(self) -> "GitHubProvider":
+    def _one_auth(self) -> GitHubProvider:
         n = sum(x is not None for x in (self.token_secret, self.token_env, self.app))
         if n != 1:
             raise ValueError("set exactly one of token_secret, token_env or app")
         return self
+
+
+def _default_live_scopes() -> list[GitLabLiveScope]:
+    return ["running", "pending", "canceling"]
 
 
 class GitLabProvider(_ProviderBase):
@@ -128,9 +144,7 @@ class GitLabProvider(_ProviderBase):
         default_factory=lambda: ["root"], min_length=1,
         description="the user name(s) jobs run as on those hosts (the Docker executor: the image's user, often root)",
     )
-    live_job_scopes: list[Literal[GITLAB_LIVE_SCOPES]] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: ["running", "pending", "canceling"], min_length=1
-    )
+    live_job_scopes: list[GitLabLiveScope] = Field(default_factory=_default_live_scopes, min_length=1)
 
     @field_validator("live_job_scopes")
     @classmethod
@@ -142,13 +156,13 @@ class GitLabProvider(_ProviderBase):
         return v
 
     @model_validator(mode="after")
-    def _one_auth(self) -> "GitLabProvider":
+    def _one_auth(self) -> GitLabProvider:
         if (self.token_secret is None) == (self.token_env is None):
             raise ValueError("set exactly one of token_secret or token_env")
         return self
 
 
-Provider = Annotated[Union[GitHubProvider, GitLabProvider], Field(discriminator="type")]
+Provider = Annotated[GitHubProvider | GitLabProvider, Field(discriminator="type")]
 
 
 class StateActivityConfig(_Strict):
@@ -211,7 +225,7 @@ def _project_ref(v: Any) -> Any:
 
 
 GitLabProject = Annotated[
-    Union[Annotated[int, Field(ge=1)], Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")]],
+    Annotated[int, Field(ge=1)] | Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")],
     BeforeValidator(_project_ref),
 ]
 
@@ -239,15 +253,18 @@ def rule_mapping_problems(rules: list[Any], liveness: LivenessConfig) -> list[tu
         if m is None:
             continue
         label = f"rules[{i}]" + (f" ({rule.name})" if getattr(rule, "name", None) else "")
-        for kind, items, name in (("github", m.github_repos, m.github_provider), ("gitlab", m.gitlab_projects, m.gitlab_provider)):
+        mappings = (("github", m.github_repos, m.github_provider), ("gitlab", m.gitlab_projects, m.gitlab_provider))
+        for kind, items, name in mappings:
             if not items and name is None:
                 continue
             if liveness.provider(kind, name) is None:
                 have = [p.label for p in liveness.providers if p.type == kind]
                 if name is not None:
-                    problems.append((i, f"{label}.liveness.{kind}_provider {name!r} is not a {kind} provider (have: {', '.join(have) or 'none'})"))
+                    problems.append((i, f"{label}.liveness.{kind}_provider {name!r} is not a {kind} provider "
+                                        f"(have: {', '.join(have) or 'none'})"))
                 elif not have:
-                    problems.append((i, f"{label}.liveness maps {kind} {'repos' if kind == 'github' else 'projects'} but liveness.providers has no {kind} provider"))
+                    what = "repos" if kind == "github" else "projects"
+                    problems.append((i, f"{label}.liveness maps {kind} {what} but liveness.providers has no {kind} provider"))
                 else:
                     problems.append((i, f"{label}.liveness: several {kind} providers ({', '.join(have)}): set {kind}_provider"))
     return problems

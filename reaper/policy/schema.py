@@ -8,28 +8,23 @@ field and its line in the file.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
 from datetime import timedelta
-from pathlib import Path
-from types import SimpleNamespace
-from typing import Annotated, Any, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
     BeforeValidator,
     Field,
-    TypeAdapter,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from ..durations import format_duration
-from .liveness import LivenessConfig, RuleLiveness, rule_mapping_problems
 from .checks import CROSS_CHECKED, cross_errors
-from .types import DEFAULT_MIN_AGE, Duration, Globs, Operations, Strict as _Strict, as_list as _as_list, url_host
-
-
+from .liveness import LivenessConfig, RuleLiveness
+from .types import DEFAULT_MIN_AGE, Duration, Globs, Operations, url_host
+from .types import Strict as _Strict
+from .types import as_list as _as_list
 
 
 class DynamoDBStoreConfig(_Strict):
@@ -63,6 +58,8 @@ class S3StoreConfig(_Strict):
 class _HTTPStoreConfig(_Strict):
     """Shared by the HTTP-API stores: where, how to authenticate, how long to wait."""
 
+    kind: ClassVar[str]  # the store type, as its ``type`` field says it
+
     base_url: str = Field(pattern=r"^https?://[A-Za-z0-9.\[\]:-]+(/[^\s?#]*)?$")
     token_secret: str | None = Field(default=None, min_length=1, description="Secrets Manager secret name or ARN")
     token_env: str | None = Field(default=None, min_length=1, validate_default=True,
@@ -87,12 +84,13 @@ class _HTTPStoreConfig(_Strict):
 
     @property
     def name(self) -> str:
-        return f"{self.type}:{url_host(self.base_url)}"  # type: ignore[attr-defined]
+        return f"{self.kind}:{url_host(self.base_url)}"
 
 
 class HCPStoreConfig(_HTTPStoreConfig):
     """HCP Terraform / Terraform Enterprise workspace locks of the listed organizations."""
 
+    kind: ClassVar[str] = "hcp"
     type: Literal["hcp"]
     base_url: str = Field(default="https://app.terraform.io", pattern=r"^https?://[A-Za-z0-9.\[\]:-]+(/[^\s?#]*)?$")
     organizations: list[Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")]] = Field(min_length=1)
@@ -104,6 +102,7 @@ class HCPStoreConfig(_HTTPStoreConfig):
 class GitLabStateStoreConfig(_HTTPStoreConfig):
     """GitLab-managed Terraform state (HTTP backend) of the listed projects."""
 
+    kind: ClassVar[str] = "gitlab"
     type: Literal["gitlab"]
     base_url: str = Field(default="https://gitlab.com", pattern=r"^https?://[A-Za-z0-9.\[\]:-]+(/[^\s?#]*)?$")
     projects: list[Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")]] = Field(min_length=1)
@@ -186,7 +185,7 @@ class Policy(_Strict):
     liveness: LivenessConfig = Field(default_factory=LivenessConfig, validate_default=True)
 
     @model_validator(mode="after")
-    def _cross_fields(self, info: ValidationInfo) -> "Policy":
+    def _cross_fields(self, info: ValidationInfo) -> Policy:
         # parse_policy runs these checks itself, on the raw document, so that they are
         # reported with the field errors, each at its line; this guards direct construction
         if not (info.context or {}).get(CROSS_CHECKED):

@@ -8,7 +8,7 @@ the strict base model.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
@@ -97,5 +97,8 @@ def url_host(url: str) -> str:
 
 
 # The policy's durations (min_age, max_age, clock_skew, store timeouts) and the default floor.
-Duration = duration_type("90m, 6h or 2d", "mhd")
+if TYPE_CHECKING:  # to the type checker a duration field is a timedelta; at run time it also parses "6h"
+    Duration = timedelta
+else:
+    Duration = duration_type("90m, 6h or 2d", "mhd")
 DEFAULT_MIN_AGE = timedelta(minutes=15)
