@@ -13,6 +13,11 @@ EVENT_BUS = "REAPER_EVENT_BUS"
 METRICS_NAMESPACE = "REAPER_METRICS_NAMESPACE"
 CLAIMS_TABLE = "REAPER_CLAIMS_TABLE"
 CLAIM_JOB_ID = "REAPER_CLAIM_JOB_ID"  # set by a GitHub job: ${{ job.check_run_id }}
+LEASE_TABLE = "REAPER_LEASE_TABLE"  # the stack's run-state table: one run at a time (item pk = "run-lease")
+LEASE_SECONDS = "REAPER_LEASE_SECONDS"  # the lease's lifetime: the function timeout, in seconds
+# "false" when the stack grants no HeadObject on state objects (context.reaper.state_activity_evidence
+# off, or no state buckets): the deployed function then never asks, instead of being refused every run.
+STATE_ACTIVITY_ENABLED = "REAPER_STATE_ACTIVITY_ENABLED"
 
 # Environment variables the deployed Lambda uses to learn the resources the
 # stack created, so the operators' policy file need not hard-code ARNs.
@@ -22,4 +27,5 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     EVENT_BUS: ("alerts", "event_bus"),
     METRICS_NAMESPACE: ("alerts", "metrics", "namespace"),
     CLAIMS_TABLE: ("liveness", "claims", "table"),
+    STATE_ACTIVITY_ENABLED: ("liveness", "state_activity", "enabled"),
 }
