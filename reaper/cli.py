@@ -1,4 +1,4 @@
-"""Command line: ``python -m reaper {scan,reap,restore,validate,explain,claim}``.
+"""Command line: ``lock-reaper`` (or ``python -m reaper``) ``{scan,reap,restore,validate,explain,claim}``.
 
 Exit codes: 0 success, 1 a lock, store or alert errored (or restore refused),
 2 bad configuration or usage.
@@ -14,44 +14,64 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import __version__
 from .aws import error_code
 from .policy import ConfigError, Policy, check_policy_file
 
 EXIT_OK, EXIT_ERRORS, EXIT_CONFIG = 0, 1, 2
 
 
+def _global_flags(after_command: bool) -> argparse.ArgumentParser:
+    """-v, --quiet and --json, accepted before or after the subcommand. After it they default to
+    "not given" (SUPPRESS), so that a flag given before the subcommand is not reset."""
+    flags = argparse.ArgumentParser(add_help=False)
+    default: Any = argparse.SUPPRESS if after_command else False
+    flags.add_argument("-v", "--verbose", action="store_true", default=default, help="log progress details to stderr")
+    flags.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="no progress lines on stderr (claim: print nothing on success)")
+    flags.add_argument("--json", action="store_true", default=default, help="print one JSON document instead of a table")
+    return flags
+
+
+def _prog() -> str:
+    """``lock-reaper`` when run as the console script, else ``python -m reaper``."""
+    return "lock-reaper" if os.path.basename(sys.argv[0] or "") == "lock-reaper" else "python -m reaper"
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reaper", description="Find and safely remove stale Terraform state locks.")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    p = argparse.ArgumentParser(prog=_prog(), description="Find and safely remove stale Terraform state locks.",
+                                parents=[_global_flags(after_command=False)])
+    p.add_argument("--version", action="version", version=f"lock-reaper {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    after = [_global_flags(after_command=True)]
 
-    def common(sp: argparse.ArgumentParser, json_flag: bool = True) -> None:
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=after)
+
+    def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", required=True, metavar="FILE", help="policy file (YAML)")
-        if json_flag:
-            sp.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
-        sp.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
-    sp = sub.add_parser("scan", help="list every lock with its age and decision; never deletes, sends no alerts")
+    sp = add("scan", "list every lock with its age and decision; never deletes, sends no alerts")
     common(sp)
     sp.add_argument("--wide", action="store_true", help="never cut table cells (they are cut only on a terminal)")
-    sp = sub.add_parser("reap", help="one cycle; deletes only in enforce mode")
+    sp = add("reap", "one cycle; deletes only in enforce mode")
     common(sp)
     sp.add_argument("--wide", action="store_true", help="never cut table cells (they are cut only on a terminal)")
     sp.add_argument("--enforce", action="store_true", help="delete stale locks in this run, whatever the policy's mode")
-    sp = sub.add_parser("restore", help="put a reaped lock back from its audit record (never overwrites a lock)")
+    sp = add("restore", "put a reaped lock back from its audit record (never overwrites a lock)")
     common(sp)
     sp.add_argument("audit_ref", metavar="AUDIT_REF", help="s3://bucket/key or a local audit file path")
-    sp = sub.add_parser("validate", help="check the policy file and print it normalised")
+    sp = add("validate", "check the policy file and print it normalised")
     common(sp)
     sp.add_argument("--strict", action="store_true", help="warnings are errors too (exit 2)")
-    sp = sub.add_parser("explain", help="the full chain for one lock: rule, age, liveness evidence, decision")
+    sp = add("explain", "the full chain for one lock: rule, age, liveness evidence, decision")
     common(sp)
     sp.add_argument("lock_path", metavar="LOCK_PATH", help="the lock's path (<bucket>/<state key>) or store key")
     sp.add_argument("--check-anyway", action="store_true", help="ask the liveness checkers even if the lock is not a candidate")
     from .commands import claim as claim_cli
 
-    sp = sub.add_parser("claim", help="in a CI job, before terraform: record which run will hold this machine's locks")
-    claim_cli.add_arguments(sp)
+    sp = add("claim", "in a CI job, before terraform: record which run will hold this machine's locks")
+    claim_cli.add_arguments(sp, output_flags=False)  # --json and --quiet are the global flags
     return p
 
 

@@ -133,11 +133,10 @@ def test_console_script_is_the_cli_with_an_exit_code(venv: Path) -> None:
     bad = run(venv, "no-such-command")
     assert bad.returncode == 2  # argparse's usage error, through sys.exit(main())
     version = run(venv, "--version")
-    if version.returncode == 2 and ("--version" in version.stderr or "required: command" in version.stderr):
-        # today's CLI: "the following arguments are required: command"
-        pytest.xfail("--version lands with the CLI part of issue 11")
     assert version.returncode == 0, version.stderr
-    assert __version__ in version.stdout
+    assert version.stdout.strip() == f"lock-reaper {__version__}"
+    helped = run(venv, "--help")
+    assert helped.stdout.startswith("usage: lock-reaper "), helped.stdout[:80]
 
 
 def test_claim_dry_run_under_github_actions(venv: Path, tmp_path: Path) -> None:

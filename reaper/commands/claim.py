@@ -23,7 +23,8 @@ from ..liveness.identity import terraform_who
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
 
 
-def add_arguments(sp: argparse.ArgumentParser) -> None:
+def add_arguments(sp: argparse.ArgumentParser, output_flags: bool = True) -> None:
+    """The claim's options; ``output_flags=False`` when the caller's parser already has --json and --quiet."""
     sp.add_argument("--table", help="claims table (default: $REAPER_CLAIMS_TABLE)")
     sp.add_argument("--region", help="AWS region of the table (default: the usual AWS settings)")
     sp.add_argument("--ttl", default="7d", help="how long DynamoDB keeps the claim (default 7d)")
@@ -36,8 +37,9 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--job-id", type=int, help="numeric job id (GitHub: ${{ job.check_run_id }}; GitLab: CI_JOB_ID)")
     sp.add_argument("--project-id", type=int, help="GitLab project id (default: CI_PROJECT_ID)")
     sp.add_argument("--dry-run", action="store_true", help="print the claim, write nothing")
-    sp.add_argument("--json", action="store_true", help="print the claim as JSON")
-    sp.add_argument("--quiet", action="store_true", help="print nothing on success")
+    if output_flags:
+        sp.add_argument("--json", action="store_true", help="print the claim as JSON")
+        sp.add_argument("--quiet", action="store_true", help="print nothing on success")
 
 
 def run(args: argparse.Namespace, out: Any, err: Any, env: Mapping[str, str] | None = None,
