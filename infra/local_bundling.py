@@ -12,7 +12,7 @@ from typing import Any
 import jsii
 from aws_cdk import ILocalBundling
 
-from .bundling import assemble, build_dependencies, runtime_requirements
+from .bundling import LAMBDA, Target, bundle
 
 
 @jsii.implements(ILocalBundling)
@@ -25,14 +25,25 @@ class LocalPipBundling:
         policy_file: Path,
         requirements_file: Path | None = None,
         cache_root: Path | None = None,
+        lock_file: Path | None = None,
+        target: Target = LAMBDA,
     ):
         self.project_root = Path(project_root)
         self.policy_file = Path(policy_file)
         self.requirements_file = requirements_file or self.project_root / "requirements.txt"
+        self.lock_file = lock_file or self.project_root / "requirements.lock"
         self.cache_root = cache_root or self.project_root / ".cache" / "lambda-deps"
+        self.target = target
 
     def try_bundle(self, output_dir: str, *_options: Any, **_kw: Any) -> bool:
         # jsii passes the BundlingOptions struct positionally; nothing in it is needed here.
-        deps = build_dependencies(runtime_requirements(self.requirements_file), self.cache_root)
-        assemble(Path(output_dir), deps, self.project_root / "reaper", self.policy_file)
+        bundle(
+            Path(output_dir),
+            self.project_root,
+            self.policy_file,
+            lock_file=self.lock_file,
+            requirements_file=self.requirements_file,
+            cache_root=self.cache_root,
+            target=self.target,
+        )
         return True

@@ -250,6 +250,10 @@ class Reaper:
         # ---- the dry-run gate: nothing below this line runs in report mode ----
         if mode != "enforce":
             return judged.entry(Outcome.WOULD_REAP, [Reason(C.REPORT_MODE, "report mode: not deleted")])
+        refused = [t.store for t in judged.targets if t.store.traits.delete_refused]
+        if refused:  # before the cap and the audit record: nothing is attempted
+            why = "; ".join(f"{s.name}: {s.traits.delete_refused}" for s in refused)
+            return judged.entry(Outcome.KEPT, [Reason(C.DELETE_REFUSED, f"store cannot delete safely, kept: {why}")])
         if not budget.take():
             return judged.entry(Outcome.KEPT, [Reason(C.CAP_REACHED, f"cap of {budget.limit} deletes per run reached: kept")],
                                 flags=frozenset({Flag.CAP_HIT}))

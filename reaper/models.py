@@ -201,6 +201,7 @@ class ReasonCode(str, Enum):
     DOUBLE_LOCK = "double_lock"  # held in two stores: one lock, one decision
     REPORT_MODE = "report_mode"
     CAP_REACHED = "cap_reached"
+    DELETE_REFUSED = "delete_refused"  # the store cannot delete safely (StoreTraits.delete_refused)
     NO_AUDIT = "no_audit"
     AUDIT_FAILED = "audit_failed"
     DELETED = "deleted"
@@ -234,6 +235,7 @@ _TEXT_CODES: tuple[tuple[str, ReasonCode], ...] = (
     ("held in ", ReasonCode.DOUBLE_LOCK),
     ("report mode: not deleted", ReasonCode.REPORT_MODE),
     ("cap of ", ReasonCode.CAP_REACHED),
+    ("store cannot delete safely", ReasonCode.DELETE_REFUSED),
     ("no audit sink is configured", ReasonCode.NO_AUDIT),
     ("audit write failed", ReasonCode.AUDIT_FAILED),
     ("deleted (", ReasonCode.DELETED),

@@ -51,13 +51,17 @@ class StoreTraits:
       and GitLab, whose APIs cannot re-create another client's lock);
     - ``restore_note``: what the audit record says instead, when not restorable;
     - ``own_evidence``: only the store's own checker may judge its locks (an HCP
-      Terraform lock is held by a run or a user, never by a CI hostname or mapping).
+      Terraform lock is held by a run or a user, never by a CI hostname or mapping);
+    - ``delete_refused``: why this store cannot delete safely (set by ``validate``, e.g. the
+      loaded botocore has no conditional ``DeleteObject``): the engine then attempts no
+      delete and writes no audit record for its locks. Empty: deletes allowed.
     """
 
     pair_first: bool = False
     restorable: bool = True
     restore_note: str = ""
     own_evidence: bool = False
+    delete_refused: str = ""
 
 
 @runtime_checkable

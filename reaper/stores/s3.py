@@ -11,6 +11,10 @@ DynamoDB lock table and its ``Path`` is ``"<bucket>/<state key>"``.
 - ``delete`` is ``DeleteObject IfMatch=<ETag>``: 412 (or 409) means raced (the
   lock file is re-read to name the new holder), 404 means gone. In a versioned
   bucket the delete adds a delete marker, exactly as Terraform's own unlock does.
+  ``IfMatch`` needs botocore >= 1.35.67: the asset bundles its own (pinned) SDK,
+  and ``validate`` checks anyway. If the loaded botocore's ``DeleteObject`` has no
+  ``IfMatch``, the store sets ``traits.delete_refused`` (the engine then attempts no
+  delete and writes no audit record), refuses ``delete`` and says why once.
 - ``restore`` is ``PutObject If-None-Match: *``: it never overwrites a lock.
 - SSE-C lock files cannot be read without the customer key: they are reported
   as unknown and never deleted. SSE-KMS lock files need ``kms:Decrypt``.
@@ -20,7 +24,9 @@ The boto3 S3 client is passed in.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from ..aws import error_code, error_message, http_status
@@ -29,6 +35,26 @@ from ..ports import RestoreConflict, StoreError, StoreTraits
 from .dynamo_items import MAX_INFO_BYTES
 
 LOCK_SUFFIX = ".tflock"
+log = logging.getLogger("reaper.stores.s3")
+_said: set[str] = set()
+
+
+def conditional_delete_missing(client: Any) -> str:
+    """Why ``client`` cannot send ``DeleteObject IfMatch``, or "" if it can (or is not a botocore client)."""
+    try:
+        shape = client.meta.service_model.operation_model("DeleteObject").input_shape
+    except AttributeError:
+        return ""  # not a botocore client (a test double): nothing to check
+    if shape is not None and "IfMatch" in shape.members:
+        return ""
+    try:
+        import botocore
+
+        version = botocore.__version__
+    except ImportError:  # pragma: no cover - a botocore client without botocore
+        version = "?"
+    return (f"the loaded botocore {version} has no IfMatch on S3 DeleteObject (needs >= 1.35.67): "
+            "lock files are not deleted; bundle the pinned SDK (requirements.lock)")
 
 
 def _error(exc: Exception) -> tuple[str, int]:
@@ -91,6 +117,11 @@ class S3LockFileStore:
                     "and s3:GetObject/s3:DeleteObject on its *.tflock keys"
                 ) from None
             raise StoreError(f"cannot reach bucket {self.bucket!r}: {_describe(exc)}") from None
+        missing = conditional_delete_missing(self.client)
+        self.traits = replace(type(self).traits, delete_refused=missing)
+        if missing and missing not in _said:
+            _said.add(missing)
+            log.warning("%s: %s", self.name, missing)
 
     def stats(self) -> dict[str, int]:
         return dict(self._stats)
@@ -114,6 +145,8 @@ class S3LockFileStore:
             raise ValueError("refusing to delete a lock that was not parsed")
         if not lock.key.endswith(LOCK_SUFFIX):
             raise ValueError(f"refusing to delete {lock.key!r}: not a {LOCK_SUFFIX} object")
+        if self.traits.delete_refused:
+            raise ValueError(f"refusing to delete {lock.key!r}: {self.traits.delete_refused}")
         try:
             resp = self.client.delete_object(Bucket=self.bucket, Key=lock.key, IfMatch=lock.token)
         except Exception as exc:

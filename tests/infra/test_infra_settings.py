@@ -31,6 +31,12 @@ def test_defaults():
     assert s.claims_table == "lock-reaper-claims"
     assert s.account is None and s.region is None
     assert s.state_activity_evidence is False
+    assert s.reserved_concurrency is None  # opt-in: a reservation fails the deploy on a new account
+
+
+def test_cdk_json_reserves_no_concurrency():
+    assert load_settings(cdk_json_context()["reaper"]).reserved_concurrency is None
+    assert load_settings({"reserved_concurrency": 1}).reserved_concurrency == 1
 
 
 def test_cdk_json_context_is_valid_and_matches_the_policy_file():
@@ -59,6 +65,7 @@ def test_cdk_json_context_is_valid_and_matches_the_policy_file():
         ({"ci_token_secrets": ["arn:aws:secretsmanager:oops"]}, "is not a Secrets Manager secret ARN"),
         ({"timeout_minutes": 16}, "context.reaper.timeout_minutes: Input should be less than or equal to 15"),
         ({"account": "12345"}, "context.reaper.account: '12345' is not a valid AWS account id"),
+        ({"reserved_concurrency": 0}, "context.reaper.reserved_concurrency: Input should be greater than or equal to 1"),
         ("{not json", "context.reaper: not valid JSON"),
         (["a"], "context.reaper: must be an object, got list"),
     ],
@@ -151,64 +158,37 @@ def test_token_env_in_deployed_policy_is_a_warning(tmp_path):
     assert any("stores[0].token_env: the deployed function has no environment variable 'TFE_TOKEN'" in w for w in warnings)
 
 
-# ----- bundling logic (pip faked; the real pip run is covered by the synth tests) ----------
-def test_runtime_requirements_drop_what_the_lambda_runtime_provides(tmp_path):
-    req = tmp_path / "requirements.txt"
-    req.write_text(
-        "# comment\naws-lambda-powertools[tracer]==3.37.0  # x\nboto3>=1.40\nBotocore==1.40\npydantic==2.14.3\n-r other.txt\n"
+def test_state_activity_is_turned_off_in_the_deployed_policy_unless_granted(tmp_path):
+    from reaper.policy import load_policy
+
+    text = POLICY + "\nliveness:\n  state_activity:\n    window: 5m\n"
+    line = _line_of(text, "  state_activity:")
+    for extra, why in (
+        ({}, "context.reaper.state_activity_evidence is false"),
+        ({"state_activity_evidence": True}, "context.reaper.state_buckets is empty"),
+    ):
+        policy, _, warnings = _check(tmp_path, text, lock_tables=["terraform-locks"], **extra)
+        assert policy.liveness.state_activity.enabled is False  # as the deployed function will load it
+        assert [w for w in warnings if "state_activity" in w] == [
+            f"{tmp_path / 'policy.yaml'}: line {line}: liveness.state_activity: enabled but {why}: the function may "
+            "not read state objects, so the deployed function turns state activity off (REAPER_STATE_ACTIVITY_ENABLED=false)"
+        ]
+    # granted: the policy decides, no warning
+    policy, _, warnings = _check(
+        tmp_path, text, lock_tables=["terraform-locks"], state_activity_evidence=True, state_buckets=["tf-state"]
     )
-    assert bundling.runtime_requirements(req) == ["aws-lambda-powertools[tracer]==3.37.0", "pydantic==2.14.3"]
-    assert bundling.runtime_requirements(ROOT / "requirements.txt")
-    assert not [r for r in bundling.runtime_requirements(ROOT / "requirements.txt") if r.lower().startswith("boto")]
+    assert policy.liveness.state_activity.enabled is True and not [w for w in warnings if "state_activity" in w]
+    # the default policy (state activity on by default) is turned off without a warning
+    policy, _, warnings = _check(tmp_path, POLICY, lock_tables=["terraform-locks"])
+    assert policy.liveness.state_activity.enabled is False and warnings == []
+    # the loader honours the variable the stack sets
+    (tmp_path / "p.yaml").write_text(POLICY)
+    off = load_policy(tmp_path / "p.yaml", env={"REAPER_STATE_ACTIVITY_ENABLED": "false"})
+    assert off.liveness.state_activity.enabled is False
+    assert load_policy(tmp_path / "p.yaml").liveness.state_activity.enabled is True
 
 
-class FakePip:
-    """Stands in for ``python -m pip``: writes a resolution report, installs empty packages."""
-
-    def __init__(self):
-        self.calls: list[list[str]] = []
-
-    def __call__(self, args: list[str]) -> str:
-        self.calls.append(args)
-        assert "--platform" in args and "manylinux2014_aarch64" in args and "--only-binary=:all:" in args
-        assert args[args.index("--python-version") + 1] == "3.13"
-        target = Path(args[args.index("--target") + 1])
-        if "--dry-run" in args:
-            report = {
-                "install": [
-                    {"metadata": {"name": n, "version": v}}
-                    for n, v in [("pydantic", "2.14.3"), ("botocore", "1.40.0"), ("python_dateutil", "2.9"), ("wrapt", "2.5")]
-                ]
-            }
-            Path(args[args.index("--report") + 1]).write_text(json.dumps(report))
-            return ""
-        assert "--no-deps" in args
-        pins = [a for a in args if "==" in a]
-        assert pins == ["pydantic==2.14.3", "wrapt==2.5"]
-        for pin in pins:
-            (target / pin.split("==")[0]).mkdir(parents=True)
-            (target / pin.split("==")[0] / "__init__.py").write_text("")
-        (target / "bin").mkdir()
-        (target / "wrapt-stubs").mkdir()
-        (target / "pydantic" / "types.pyi").write_text("")
-        return ""
-
-
-def test_dependencies_are_resolved_filtered_pruned_and_cached(tmp_path, monkeypatch):
-    fake = FakePip()
-    monkeypatch.setattr(bundling, "_run_pip", fake)
-    reqs = ["pydantic==2.14.3", "wrapt==2.5"]
-    first = bundling.build_dependencies(reqs, tmp_path / "cache")
-    assert sorted(p.name for p in first.iterdir() if not p.name.startswith(".")) == ["pydantic", "wrapt"]
-    assert not (first / "pydantic" / "types.pyi").exists()
-    assert (first / ".pins.txt").read_text().split() == ["pydantic==2.14.3", "wrapt==2.5"]
-    assert len(fake.calls) == 2
-    again = bundling.build_dependencies(reqs, tmp_path / "cache")  # cached: pip is not run again
-    assert again == first and len(fake.calls) == 2
-    other = bundling.build_dependencies([*reqs, "pyyaml==6.0.3"], tmp_path / "cache")
-    assert other != first and len(fake.calls) == 4
-
-
+# ----- bundling logic (pip faked; the lock file, the SDK, the .pyc and reproducibility: tests/test_asset.py) ----
 def test_assemble_copies_package_and_policy_without_bytecode(tmp_path):
     deps = tmp_path / "deps"
     (deps / "pydantic").mkdir(parents=True)
@@ -236,7 +216,7 @@ def test_pip_failure_is_a_clear_bundling_error(monkeypatch):
 
     monkeypatch.setattr(bundling.subprocess, "run", failing_run)
     with pytest.raises(bundling.BundlingError, match="No matching distribution found for nope==9"):
-        bundling.resolve(["nope==9"])
+        bundling._run_pip(["install", "nope==9"])
 
 
 # ----- cdk synth (as the CDK CLI runs the app) fails on a bad policy --------------------------
