@@ -266,7 +266,7 @@ def test_liveness_line_names_what_it_counts() -> None:
                     "gitlab.finished_jobs": 2}})
     line = next(ln for ln in rep.render_table().splitlines() if ln.startswith("liveness:"))
     assert line == ("liveness: 8 CI API calls (github.attempt_jobs 3, gitlab.finished_jobs 2, gitlab.job 1, "
-                    "gitlab.live_jobs 2; 0 answered 304 Not Modified), 6 claim-table queries")
+                    "gitlab.live_jobs 2; 0 answered 304 Not Modified), 6 claim-table reads")
     rep.liveness_api_calls = {"total": 2, "by_kind": {"s3.head_object": 2}, "not_modified": 0}
     assert "liveness: 2 state-file HeadObject calls" in rep.render_table()
 

@@ -167,15 +167,52 @@ def test_latest_claim_before_created(table) -> None:
     assert store.latest("nobody@nowhere", t) is None
 
 
-def test_latest_is_memoised_per_run(table) -> None:
+def test_claims_are_read_once_per_run(table) -> None:
     from reaper.http.client import ApiCounter
 
     counter = ApiCounter()
     store = ClaimStore(table, "claims", counter)
     t = datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)
-    for _ in range(3):
-        store.latest("runner@h", t)
-    assert counter.to_dict()["by_kind"] == {"claims.query": 1} and counter.to_dict()["memo_hits"] == {"claims.query": 2}
+    for i in range(3):
+        store.latest(f"runner@h{i}", t)
+    assert counter.to_dict()["by_kind"] == {"claims.scan": 1} and counter.to_dict()["memo_hits"] == {"claims.scan": 3}
+
+
+def test_a_table_past_the_scan_limit_is_queried_per_candidate_and_memoised(table) -> None:
+    from reaper.http.client import ApiCounter
+
+    t = datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)
+    for i in range(3):
+        ClaimStore(table, "claims").put(Claim(who=f"runner@h{i}", claimed_at=t - timedelta(minutes=1), provider="github",
+                                              repo="a/b", run_id=i))
+    counter = ApiCounter()
+    store = ClaimStore(table, "claims", counter, scan_limit=2)
+    for _ in range(2):
+        assert store.latest("runner@h1", t).run_id == 1
+    calls = counter.to_dict()
+    assert calls["by_kind"] == {"claims.scan": 1, "claims.query": 1} and calls["memo_hits"] == {"claims.query": 1}
+
+
+def test_both_joins_give_the_same_claim_for_every_lock(table) -> None:
+    # the same claims and locks, joined from one scan and by one query each: the same claim every time
+    import random
+
+    rng = random.Random(11)
+    t0 = datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)
+    hosts = [f"runner@ci-{i}" for i in range(12)]  # reused hostnames: several claims each
+    writer = ClaimStore(table, "claims")
+    for n in range(300):
+        at = t0 + timedelta(seconds=rng.randint(0, 6 * 3600), microseconds=rng.randint(0, 999999))
+        writer.put(Claim(who=rng.choice(hosts), claimed_at=at, provider="github", repo="a/b", run_id=n))
+    scanned, queried = ClaimStore(table, "claims"), ClaimStore(table, "claims", scan_limit=0)
+    locks = [(rng.choice(hosts + ["nobody@else"]), t0 + timedelta(seconds=rng.randint(-600, 7 * 3600))) for _ in range(400)]
+    found = 0
+    for who, created in locks:
+        a, b = scanned.latest(who, created), queried.latest(who, created)
+        assert (a.run_id if a else None) == (b.run_id if b else None), (who, created)
+        found += a is not None
+    assert scanned._index is not None and queried._index is None  # each took its own path
+    assert 200 < found < 400  # most locks have a claim before them, some none
 
 
 # ---------------------------------------------------------------------- the CLI

@@ -11,8 +11,9 @@
 - ``ExpiresAt`` (N): epoch seconds, the table's TTL attribute.
 
 The reaper joins a lock to the latest claim with the same ``Who`` made at or
-before the lock's ``Created``: ``Query Who = :w AND ClaimedAt <= :created``,
-newest first, ``Limit 1``.
+before the lock's ``Created``: from one consistent ``Scan`` of the (TTL-bounded)
+table per run, or, for a table past ``ClaimStore.scan_limit`` items, with
+``Query Who = :w AND ClaimedAt <= :created``, newest first, ``Limit 1``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..aws import http_status
+from ..aws import error_code, http_status
 from ..models import parse_created
 
 log = logging.getLogger("reaper.liveness.claims")
@@ -193,21 +194,89 @@ def claim_from_env(
 
 
 class ClaimStore:
-    """The claims table. The boto3 DynamoDB client is passed in."""
+    """The claims table. The boto3 DynamoDB client is passed in.
 
-    def __init__(self, client: Any, table: str, counter: Any = None):
+    ``latest`` joins a lock to its claim. The table is TTL-bounded (claims live ``--ttl``,
+    7 days by default), so the first join of a run reads the whole table once with a
+    consistent ``Scan`` and answers every later join from memory: one read per cycle
+    instead of one ``Query`` per candidate. A table larger than ``scan_limit`` items, or a
+    scan that fails, falls back to one ``Query`` per (Who, Created), as before. Both give
+    the same claim: the newest one by that ``Who`` with ``ClaimedAt <= Created``, compared
+    as strings (``ClaimedAt`` is fixed-width RFC 3339, so string order is time order).
+
+    A claim written after the scan cannot matter to this run: a candidate is at least
+    ``min_age`` old, and its claim was made before its ``Created``.
+    """
+
+    def __init__(self, client: Any, table: str, counter: Any = None, scan_limit: int = 20000):
         self.client = client
         self.table = table
         self.counter = counter
+        self.scan_limit = scan_limit
         self._memo: dict[tuple[str, str], Claim | None] = {}
+        self._index: dict[str, list[tuple[str, Mapping[str, Any]]]] | None = None
+        self._scanned = False
         self._lock = threading.Lock()
 
     def put(self, claim: Claim) -> None:
         self.client.put_item(TableName=self.table, Item=claim.to_item())
 
     def latest(self, who: str, created: datetime) -> Claim | None:
-        """The newest claim by ``who`` made at or before ``created`` (memoised per run)."""
-        key = (who, claim_time(created))
+        """The newest claim by ``who`` made at or before ``created`` (one table scan, or one query, per run)."""
+        index = self._scan_once()
+        if index is None:
+            return self._query(who, claim_time(created))
+        if self.counter is not None:
+            self.counter.memo("claims.scan")
+        at = claim_time(created)
+        for claimed_at, item in index.get(who, []):  # newest first
+            if claimed_at <= at:
+                return Claim.from_item(item)
+        return None
+
+    # ---------------------------------------------------------------- one scan per run
+    def _scan_once(self) -> dict[str, list[tuple[str, Mapping[str, Any]]]] | None:
+        with self._lock:
+            if not self._scanned:
+                self._scanned = True
+                self._index = self._scan()
+            return self._index
+
+    def _scan(self) -> dict[str, list[tuple[str, Mapping[str, Any]]]] | None:
+        """Who -> [(ClaimedAt, item)] newest first; None when the table is too large or the scan fails."""
+        index: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+        count = 0
+        kwargs: dict[str, Any] = {"TableName": self.table, "ConsistentRead": True}
+        while True:
+            try:
+                page = self.client.scan(**kwargs)
+            except Exception as exc:
+                if self.counter is not None:
+                    self.counter.call("claims.scan", http_status(exc) or "error")
+                log.warning("claims table %s: scan failed (%s): one query per candidate instead", self.table,
+                            error_code(exc))
+                return None
+            if self.counter is not None:
+                self.counter.call("claims.scan", 200)
+            for item in page.get("Items") or []:
+                who, claimed_at = item.get("Who", {}).get("S"), item.get("ClaimedAt", {}).get("S")
+                if isinstance(who, str) and isinstance(claimed_at, str):
+                    index.setdefault(who, []).append((claimed_at, item))
+                    count += 1
+            if count > self.scan_limit:
+                log.info("claims table %s holds more than %d claims: one query per candidate instead",
+                         self.table, self.scan_limit)
+                return None
+            if not page.get("LastEvaluatedKey"):
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        for claims in index.values():
+            claims.sort(key=lambda c: c[0], reverse=True)
+        return index
+
+    # ---------------------------------------------------------------- one query per (Who, Created)
+    def _query(self, who: str, at: str) -> Claim | None:
+        key = (who, at)
         with self._lock:
             if key in self._memo:
                 if self.counter is not None:
@@ -218,9 +287,10 @@ class ClaimStore:
                 TableName=self.table,
                 KeyConditionExpression="#w = :w AND #c <= :c",
                 ExpressionAttributeNames={"#w": "Who", "#c": "ClaimedAt"},
-                ExpressionAttributeValues={":w": {"S": who}, ":c": {"S": key[1]}},
+                ExpressionAttributeValues={":w": {"S": who}, ":c": {"S": at}},
                 ScanIndexForward=False,
                 Limit=1,
+                ConsistentRead=True,
             )
         except Exception as exc:
             if self.counter is not None:
