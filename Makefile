@@ -17,7 +17,7 @@ export JSII_DEPRECATED := quiet
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TERRAFORM_1_0_3 := $(CURDIR)/$(TF_DIR)/terraform
 
-.PHONY: help deps demo test test-fast lint synth bench bench-record clean
+.PHONY: help deps demo test test-fast lint synth bench bench-record clean lock
 
 help:
 	@echo "make demo          - run Lock Reaper against a local AWS emulator with realistic locks"
@@ -30,6 +30,7 @@ help:
 	@echo "make bench-record  - the same benchmarks, written to the tracked bench/results.json that README quotes"
 	@echo "make deps          - install everything make test needs, run nothing"
 	@echo "make clean         - delete generated files (cdk.out, .pytest_cache, .demo, bench/out, bench/quick.json)"
+	@echo "make lock          - regenerate requirements.lock (every runtime pin with hashes) from requirements.txt"
 	@echo "make help          - this list"
 
 $(PY):
@@ -81,6 +82,20 @@ bench: deps
 
 bench-record: deps
 	$(PY) bench/run.py --out bench/results.json
+
+# The Lambda asset installs from requirements.lock (infra/bundling.py, pip --require-hashes).
+# uv resolves for the Lambda (aarch64 manylinux2014, CPython 3.13) and writes the hashes of every
+# file of each pinned release (the host's wheels too: the as-deployed test installs them).
+UV := .cache/tools/uv/bin/uv
+$(UV):
+	@echo "==> installing uv 0.13.8 (from PyPI) into .cache/tools/uv, to compile the lock file"
+	$(PYTHON) -m venv .cache/tools/uv
+	.cache/tools/uv/bin/pip install --quiet uv==0.13.8
+
+lock: $(UV)
+	$(UV) pip compile requirements.txt --generate-hashes --python-platform aarch64-manylinux2014 \
+		--python-version 3.13 --index-url https://pypi.org/simple --custom-compile-command "make lock" \
+		-o requirements.lock
 
 clean:
 	rm -rf cdk.out .pytest_cache .demo bench/out bench/quick.json
