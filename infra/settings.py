@@ -133,6 +133,12 @@ class ReaperSettings(Strict):
     audit_retention_days: int = Field(default=0, ge=0, description="expire audit records after N days; 0 keeps them")
     memory_mb: int = Field(default=512, ge=128, le=10240)
     timeout_minutes: int = Field(default=14, ge=1, le=15)
+    reserved_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="reserve this many concurrent executions for the function; none by default (the run lease "
+        "keeps runs apart, and a reservation fails the deploy on an account whose concurrency limit is still 10)",
+    )
 
     @field_validator("schedule")
     @classmethod
@@ -191,6 +197,15 @@ class ReaperSettings(Strict):
     # ----- derived -------------------------------------------------------
     def bucket(self, name: str) -> StateBucket | None:
         return next((b for b in self.state_buckets if b.bucket == name), None)
+
+    @property
+    def state_activity_granted(self) -> bool:
+        """Whether the role may head state objects (``StateObjectsHead``): the flag on and a state bucket named."""
+        return self.state_activity_evidence and bool(self.state_buckets)
+
+    @property
+    def timeout_seconds(self) -> int:
+        return self.timeout_minutes * 60
 
 
 class SettingsError(ConfigError):
@@ -350,7 +365,24 @@ def _unused_tables(policy: Policy, settings: ReaperSettings, source: str) -> Ite
         yield Problem(None, f"{CONTEXT}.lock_tables", f"{t!r} is granted but no store in {source} scans it")
 
 
-def _policy_warnings(policy: Policy, settings: ReaperSettings, at: At) -> Iterable[Problem]:
+def _asks_state_activity(policy: Policy, text: str | None) -> bool:
+    """Whether the operators' file sets ``liveness.state_activity`` and does not turn it off.
+
+    Read from the file's text when given: the loaded policy may already carry the stack's override.
+    """
+    if text is None:
+        liveness = policy.liveness
+        return "state_activity" in liveness.model_fields_set and liveness.state_activity.enabled
+    try:
+        data = load_yaml(text, "<policy>")[1]
+    except ConfigError:
+        return False
+    section = data.get("liveness") if isinstance(data, Mapping) else None
+    state_activity = section.get("state_activity") if isinstance(section, Mapping) else None
+    return isinstance(state_activity, Mapping) and state_activity.get("enabled", True) is not False
+
+
+def _policy_warnings(policy: Policy, settings: ReaperSettings, at: At, text: str | None = None) -> Iterable[Problem]:
     """What the deployed function will not be able to use: token variables, state activity, metrics."""
     for where, var in _policy_token_envs(policy.model_dump(mode="json")):
         yield at(
@@ -358,19 +390,16 @@ def _policy_warnings(policy: Policy, settings: ReaperSettings, at: At) -> Iterab
             f"the deployed function has no environment variable {var!r}: use a token_secret "
             f"listed in {CONTEXT}.ci_token_secrets",
         )
-    liveness = getattr(policy, "liveness", None)
-    state_activity = getattr(liveness, "state_activity", None)
-    if (
-        liveness is not None
-        and state_activity is not None
-        and "state_activity" in liveness.model_fields_set
-        and getattr(state_activity, "enabled", False)
-        and not settings.state_activity_evidence
-    ):
+    if _asks_state_activity(policy, text) and not settings.state_activity_granted:
+        why = (
+            f"{CONTEXT}.state_activity_evidence is false"
+            if not settings.state_activity_evidence
+            else f"{CONTEXT}.state_buckets is empty"
+        )
         yield at(
             ("liveness", "state_activity"),
-            f"enabled but {CONTEXT}.state_activity_evidence is false: "
-            "the function may not read state objects, so that evidence stays unknown",
+            f"enabled but {why}: the function may not read state objects, so the deployed function "
+            f"turns state activity off ({reaper_env.STATE_ACTIVITY_ENABLED}=false)",
         )
     if not policy.alerts.metrics.enabled:
         yield at(("alerts", "metrics", "enabled"), "false, so the reaped/cap/unparseable alarms never fire")
@@ -385,7 +414,7 @@ def cross_check(
     """
     at = _policy_at(source, text)
     problems = [*_store_problems(policy, settings, at), *_secret_problems(policy, settings, at)]
-    warnings = [*_unused_tables(policy, settings, source), *_policy_warnings(policy, settings, at)]
+    warnings = [*_unused_tables(policy, settings, source), *_policy_warnings(policy, settings, at, text)]
     return problems, warnings
 
 
@@ -395,7 +424,13 @@ def deployed_env(settings: ReaperSettings) -> dict[str, str]:
         **_DEPLOYED_ENV,
         reaper_env.EVENT_BUS: settings.event_bus,
         reaper_env.CLAIMS_TABLE: settings.claims_table,
+        **state_activity_env(settings),
     }
+
+
+def state_activity_env(settings: ReaperSettings) -> dict[str, str]:
+    """``REAPER_STATE_ACTIVITY_ENABLED=false`` when the role may not head state objects, else nothing (the policy decides)."""
+    return {} if settings.state_activity_granted else {reaper_env.STATE_ACTIVITY_ENABLED: "false"}
 
 
 def load_checked_policy(settings: ReaperSettings, root: Path) -> tuple[Policy, Path, list[Problem]]:

@@ -3,6 +3,7 @@
 - ``audit``: the KMS key (shared with the topic), the audit bucket and its access-log bucket;
 - ``alerts``: the SNS alert topic (KMS encrypted, CloudWatch alarms may publish) and its email subscriptions;
 - ``claims``: the claims table (CI jobs write, the function queries);
+- ``run_state``: the run-state table (the run lease: one run at a time);
 - ``function``: the function, its log group, role and code (local bundling); ``grants``: its least-privilege role;
 - ``schedule``: the EventBridge Scheduler schedule, its role and dead-letter queue;
 - ``monitoring``: the alarms (all to the topic) and the dashboard;
@@ -25,6 +26,7 @@ from .claims import ClaimsTable
 from .function import ReaperFunction
 from .monitoring import COUNT_ALARMS, Monitoring
 from .nag import NAG, nag_render
+from .run_state import RunStateTable
 from .schedule import ReaperSchedule
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "Monitoring",
     "ReaperFunction",
     "ReaperSchedule",
+    "RunStateTable",
     "StackKey",
     "nag_render",
 ]

@@ -5,7 +5,7 @@ Builders: they create their resources in the given scope (see ``infra.constructs
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
@@ -30,6 +30,8 @@ class StackKey:
                 principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
                 actions=["kms:Decrypt", "kms:GenerateDataKey*"],
                 resources=["*"],
+                # only on behalf of this account's alarms (confused deputy)
+                conditions={"StringEquals": {"aws:SourceAccount": Stack.of(scope).account}},
             )
         )
 

@@ -23,7 +23,7 @@ from reaper.policy import env as reaper_env
 from reaper.report import METRIC_SERVICE
 
 from ..local_bundling import LocalPipBundling
-from ..settings import RETENTION_DAYS, ReaperSettings
+from ..settings import RETENTION_DAYS, ReaperSettings, state_activity_env
 from .grants import RoleGrants
 from .nag import acknowledge
 
@@ -46,7 +46,12 @@ def bundled_code(project_root: Path, policy_file: Path) -> lambda_.Code:
 
 
 class ReaperFunction:
-    """``Logs``, ``Role`` and ``Function`` (arm64, reserved concurrency 1, no async retries, active tracing)."""
+    """``Logs``, ``Role`` and ``Function`` (arm64, no async retries, active tracing).
+
+    Runs are kept apart by the run lease (``run_state``), not by reserved concurrency:
+    a reservation is opt-in (``reserved_concurrency`` in the context), because it fails
+    the deploy on an account whose concurrency limit is still the new-account default.
+    """
 
     def __init__(
         self,
@@ -78,8 +83,8 @@ class ReaperFunction:
             code=code,
             role=self.role,
             memory_size=settings.memory_mb,
-            timeout=Duration.minutes(settings.timeout_minutes),
-            reserved_concurrent_executions=1,  # runs never overlap
+            timeout=Duration.seconds(settings.timeout_seconds),
+            reserved_concurrent_executions=settings.reserved_concurrency,  # None: no reservation (the lease serializes runs)
             retry_attempts=0,  # a failed run is retried by the next scheduled one
             tracing=lambda_.Tracing.ACTIVE,
             log_group=self.log_group,
@@ -100,6 +105,7 @@ class ReaperFunction:
         audit_bucket: s3.IBucket,
         topic: sns.ITopic,
         claims_table: dynamodb.ITable,
+        run_state_table: dynamodb.ITable,
         namespace: str,
     ) -> dict[str, str]:
         """The function's environment: the ``REAPER_*`` contract (``reaper.policy.env``) and Powertools'."""
@@ -109,6 +115,9 @@ class ReaperFunction:
             reaper_env.SNS_TOPIC_ARN: topic.topic_arn,
             reaper_env.EVENT_BUS: settings.event_bus,
             reaper_env.CLAIMS_TABLE: claims_table.table_name,
+            reaper_env.LEASE_TABLE: run_state_table.table_name,
+            reaper_env.LEASE_SECONDS: str(settings.timeout_seconds),  # a crashed run's lease expires with its timeout
+            **state_activity_env(settings),  # state activity off unless the role may head state objects
             "POWERTOOLS_SERVICE_NAME": METRIC_SERVICE,
             "POWERTOOLS_METRICS_NAMESPACE": namespace,
         }
@@ -118,6 +127,7 @@ class ReaperFunction:
         policy: Policy,
         *,
         claims_table: dynamodb.ITable,
+        run_state_table: dynamodb.ITable,
         topic: sns.ITopic,
         audit_bucket: s3.IBucket,
         key: kms.IKey,
@@ -126,6 +136,7 @@ class ReaperFunction:
         g = RoleGrants(self.role, self.settings, policy)
         g.lock_tables()
         g.claims(claims_table)
+        g.run_state(run_state_table)
         g.state_buckets()
         g.named_keys()
         g.token_secrets()

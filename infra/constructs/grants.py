@@ -45,29 +45,38 @@ class RoleGrants:
         for r in resources:
             acknowledge(self.role, f"AwsSolutions-IAM5[Resource::{nag_render(self.role, r)}]", reason)
 
-    def table_arn(self, table: str) -> str:
-        """A lock table's ARN, in the region of the policy store that scans it (else the stack's)."""
-        region = next(
+    def table_region(self, table: str) -> str | None:
+        """The region of the policy store that scans a lock table, if it names one (else the stack's)."""
+        return next(
             (getattr(st, "region", None) for st in self.policy.stores if getattr(st, "table", None) == table), None
         )
-        return self.stack.format_arn(service="dynamodb", resource="table", resource_name=table, region=region)
+
+    def table_arn(self, table: str) -> str:
+        """A lock table's ARN, in the region of the policy store that scans it (else the stack's)."""
+        return self.stack.format_arn(
+            service="dynamodb", resource="table", resource_name=table, region=self.table_region(table)
+        )
 
     def bucket_arn(self, bucket: StateBucket) -> str:
         return self.stack.format_arn(service="s3", region="", account="", resource=bucket.bucket)
 
     # ----- one per resource ----------------------------------------------------------
     def lock_tables(self) -> None:
-        """Terraform lock tables: scan, validate, conditional delete, restore."""
+        """Terraform lock tables: scan, validate, conditional delete (restore is the CLI's, with the operator's role)."""
         if self.settings.lock_tables:
             self.statement(
                 "LockTables",
-                ["dynamodb:Scan", "dynamodb:DescribeTable", "dynamodb:DeleteItem", "dynamodb:PutItem"],
+                ["dynamodb:Scan", "dynamodb:DescribeTable", "dynamodb:DeleteItem"],
                 [self.table_arn(t) for t in self.settings.lock_tables],
             )
 
     def claims(self, table: dynamodb.ITable) -> None:
         """Claims: the latest claim for a lock's Who."""
         self.statement("ClaimsQuery", ["dynamodb:Query"], [table.table_arn])
+
+    def run_state(self, table: dynamodb.ITable) -> None:
+        """Run state: take (conditional put), read and release the run lease, in the stack's own table only."""
+        self.statement("RunLease", ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], [table.table_arn])
 
     def state_buckets(self) -> None:
         """State buckets: list, then read and conditionally delete lock files only (and head state objects)."""
@@ -91,7 +100,7 @@ class RoleGrants:
                 "Terraform names lock files <state key>.tflock: the wildcard is limited to *.tflock keys "
                 "(under the configured prefixes) of the configured state buckets.",
             )
-        if state_objects and self.settings.state_activity_evidence:
+        if state_objects and self.settings.state_activity_granted:  # else the function's env turns it off
             self.statement("StateObjectsHead", ["s3:GetObject"], state_objects)
             self.ack_resources(
                 state_objects,

@@ -5,10 +5,13 @@ A builder: it creates its resources in the given scope (see ``infra.constructs``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import Duration, Stack
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
@@ -16,6 +19,18 @@ from constructs import Construct
 from reaper.report import METRIC_DURATION, METRIC_SERVICE, METRICS
 
 ALARM_PERIOD = Duration.minutes(15)
+
+# Emitted by the runtime when a run finds a live run lease and exits as skipped.
+METRIC_RUNS_SKIPPED = "RunsSkipped"
+
+# The per-lock JSON log lines (message "lock") worth a look: what would be / was reaped, races, errors,
+# and candidates kept because their holder's liveness is unknown (flag kept_unknown).
+LOCKS_QUERY = [
+    "fields @timestamp, outcome, store, path, lock_id, who, age_seconds, rule, liveness, decision",
+    'filter message = "lock" and (outcome in ["would_reap", "reaped", "raced", "error"] or @message like /"kept_unknown"/)',
+    "sort @timestamp desc",
+    "limit 200",
+]
 
 # The run metrics that page someone when they are above zero (metric key -> alarm id, meaning).
 COUNT_ALARMS: dict[str, tuple[str, str]] = {
@@ -35,14 +50,26 @@ COUNT_ALARMS: dict[str, tuple[str, str]] = {
 
 
 class Monitoring:
-    """``<Id>Alarm`` for the function's errors, the DLQ and each of ``COUNT_ALARMS``; ``Dashboard``."""
+    """``<Id>Alarm`` for the function's errors, the DLQ and each of ``COUNT_ALARMS``; ``Dashboard``.
+
+    ``lock_tables``: (table, region or None) of each lock table, for its contention graph.
+    """
 
     def __init__(
-        self, scope: Construct, namespace: str, function: lambda_.Function, dlq: sqs.IQueue, topic: sns.ITopic
+        self,
+        scope: Construct,
+        namespace: str,
+        function: lambda_.Function,
+        dlq: sqs.IQueue,
+        topic: sns.ITopic,
+        log_group: logs.ILogGroup,
+        lock_tables: Sequence[tuple[str, str | None]] = (),
     ) -> None:
         self.scope = scope
         self.namespace = namespace
         self.function = function
+        self.log_group = log_group
+        self.lock_tables = list(lock_tables)
         self.action = cw_actions.SnsAction(topic)
         self.alarms: dict[str, cw.Alarm] = {}
         self._add_alarms(dlq)
@@ -97,7 +124,18 @@ class Monitoring:
             return cw.GraphWidget(title=title, left=metrics, right=right or [], width=12, height=6)
 
         m, fn = self.metric, self.function
-        dashboard = cw.Dashboard(self.scope, "Dashboard", default_interval=Duration.days(7))
+        # One day: the locks table below lists the last day's lines (Logs Insights widgets follow the dashboard's range).
+        dashboard = cw.Dashboard(self.scope, "Dashboard", default_interval=Duration.days(1))
+        dashboard.add_widgets(
+            cw.LogQueryWidget(
+                title="Locks to review: would_reap, reaped, raced, kept_unknown, error (per-lock log lines)",
+                log_group_names=[self.log_group.log_group_name],
+                query_lines=LOCKS_QUERY,
+                view=cw.LogQueryVisualizationType.TABLE,
+                width=24,
+                height=8,
+            ),
+        )
         dashboard.add_widgets(
             graph("Locks per run", [m(k) for k in ("locks_scanned", "stale", "would_reap", "reaped")]),
             graph(
@@ -116,7 +154,33 @@ class Monitoring:
                 [m(METRIC_DURATION, "Maximum"), fn.metric_duration(period=ALARM_PERIOD, statistic="Maximum")],
             ),
         )
+        runs = graph(
+            "Runs: skipped (a live run lease) and invocations",
+            [m(METRIC_RUNS_SKIPPED), fn.metric_invocations(period=ALARM_PERIOD, statistic="Sum")],
+        )
+        row = [runs, *(self._contention(table, region) for table, region in self.lock_tables)]
+        for i in range(0, len(row), 2):  # two graphs a row
+            dashboard.add_widgets(*row[i : i + 2])
         dashboard.add_widgets(
             cw.AlarmStatusWidget(title="Alarms", alarms=list(self.alarms.values()), width=24, height=4),
         )
         return dashboard
+
+    def _contention(self, table: str, region: str | None) -> cw.GraphWidget:
+        """A lock table's failed conditional writes (Terraform's failed lock acquisitions) beside the reaps."""
+        failed = cw.Metric(
+            namespace="AWS/DynamoDB",
+            metric_name="ConditionalCheckFailedRequests",
+            dimensions_map={"TableName": table},
+            statistic="Sum",
+            period=ALARM_PERIOD,
+            region=region,
+            label=f"{table}: failed lock acquisitions",
+        )
+        return cw.GraphWidget(
+            title=f"Contention on {table}: failed lock acquisitions and reaps",
+            left=[failed],
+            right=[self.metric("reaped"), self.metric("would_reap")],
+            width=12,
+            height=6,
+        )

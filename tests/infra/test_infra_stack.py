@@ -25,6 +25,7 @@ def _ids(synth):
         "audit": synth.logical_id(r.audit_bucket),
         "access_logs": synth.logical_id(r.access_logs),
         "claims": synth.logical_id(r.claims_table),
+        "run_state": synth.logical_id(r.run_state_table),
         "dlq": synth.logical_id(r.dlq),
         "logs": synth.logical_id(r.log_group),
         "role_policy": synth.stack.get_logical_id(r.role.node.find_child("DefaultPolicy").node.default_child),
@@ -48,12 +49,15 @@ def test_function_runtime_architecture_concurrency_timeout(synth, template):
             "Runtime": "python3.13",
             "Architectures": ["arm64"],
             "Handler": "reaper.handler.lambda_handler",
-            "ReservedConcurrentExecutions": 1,
             "Timeout": 14 * 60,
             "MemorySize": 512,
             "TracingConfig": {"Mode": "Active"},
         },
     )
+    # reserved concurrency is opt-in (cdk.json's reserved_concurrency is null): the run lease keeps runs apart
+    assert synth.context["reaper"].get("reserved_concurrency") is None
+    (props,) = [f["Properties"] for f in synth.resources("AWS::Lambda::Function").values()]
+    assert "ReservedConcurrentExecutions" not in props
     # a failed run is not retried by Lambda: the next scheduled run is the retry
     template.has_resource_properties("AWS::Lambda::EventInvokeConfig", {"MaximumRetryAttempts": 0, "Qualifier": "$LATEST"})
 
@@ -68,6 +72,8 @@ def test_function_environment(synth):
         "REAPER_SNS_TOPIC_ARN": "${" + ids["topic"] + "}",
         "REAPER_EVENT_BUS": "default",
         "REAPER_CLAIMS_TABLE": "${" + ids["claims"] + "}",
+        "REAPER_LEASE_TABLE": "${" + ids["run_state"] + "}",
+        "REAPER_LEASE_SECONDS": str(14 * 60),
         "POWERTOOLS_SERVICE_NAME": METRIC_SERVICE,
         "POWERTOOLS_METRICS_NAMESPACE": synth.stack.reaper.namespace,
     }
@@ -133,11 +139,16 @@ def test_lambda_role_statements_are_exactly_the_named_grants(synth):
         "XRay": (sorted(XRAY), ["*"], None),
         "Logs": (["logs:CreateLogStream", "logs:PutLogEvents"], ["${" + ids["logs"] + ".Arn}"], None),
         "LockTables": (
-            ["dynamodb:DeleteItem", "dynamodb:DescribeTable", "dynamodb:PutItem", "dynamodb:Scan"],
+            ["dynamodb:DeleteItem", "dynamodb:DescribeTable", "dynamodb:Scan"],
             [f"arn:{PARTITION}:dynamodb:{REGION_ACCOUNT}:table/terraform-locks"],
             None,
         ),
         "ClaimsQuery": (["dynamodb:Query"], ["${" + ids["claims"] + ".Arn}"], None),
+        "RunLease": (
+            ["dynamodb:DeleteItem", "dynamodb:GetItem", "dynamodb:PutItem"],
+            ["${" + ids["run_state"] + ".Arn}"],
+            None,
+        ),
         "ListStateBuckets": (["s3:ListBucket"], [f"{s3}tf-state-a", f"{s3}tf-state-b"], None),
         "StateLockFiles": (
             ["s3:DeleteObject", "s3:GetObject"],
@@ -165,11 +176,17 @@ def test_lambda_role_statements_are_exactly_the_named_grants(synth):
 
 def test_table_grants_only_on_context_tables(synth):
     tables = synth.context["reaper"]["lock_tables"]
+    run_state = "${" + _ids(synth)["run_state"] + ".Arn}"
     for st in statements(synth.template):
         actions = set(as_list(st["Action"]))
+        resources = [render(r) for r in as_list(st["Resource"])]
+        if resources == [run_state]:
+            continue  # the stack's own run-state table (test_run_state_table)
         if actions & {"dynamodb:Scan", "dynamodb:DeleteItem", "dynamodb:PutItem", "dynamodb:DescribeTable"}:
-            resources = [render(r) for r in as_list(st["Resource"])]
             assert sorted(r.rsplit(":table/", 1)[1] for r in resources) == sorted(tables)
+        # restore is the CLI's: the function never writes a lock table
+        if any(":table/" in r for r in resources):
+            assert "dynamodb:PutItem" not in actions, st
 
 
 def test_s3_delete_only_on_tflock_keys(synth):
@@ -281,6 +298,10 @@ def test_key_rotates_and_lets_only_cloudwatch_in_besides_the_account(synth):
     assert services == ["cloudwatch.amazonaws.com"]
     (cw,) = [s for s in key["Properties"]["KeyPolicy"]["Statement"] if "Service" in s["Principal"]]
     assert sorted(as_list(cw["Action"])) == ["kms:Decrypt", "kms:GenerateDataKey*"]
+    # only for this account's alarms (confused deputy)
+    assert {k: {c: render(v) for c, v in vs.items()} for k, vs in cw["Condition"].items()} == {
+        "StringEquals": {"aws:SourceAccount": "${AWS::AccountId}"}
+    }
 
 
 def _ssl_and_tls_denies(bucket_policy):
@@ -359,7 +380,7 @@ def test_claims_table(synth, template):
     # the same key schema and TTL attribute the claims code reads and writes
     from reaper.liveness import claims
 
-    (table,) = synth.resources("AWS::DynamoDB::Table").values()
+    table = synth.template["Resources"][ids["claims"]]
     assert table["Properties"]["KeySchema"] == claims.KEY_SCHEMA
     assert table["Properties"]["AttributeDefinitions"] == claims.ATTRIBUTE_DEFINITIONS
     assert table["Properties"]["TimeToLiveSpecification"]["AttributeName"] == claims.TTL_ATTRIBUTE
@@ -384,3 +405,87 @@ def test_outputs(synth):
         outputs
     )
     assert all(o.get("Description") for o in outputs.values())
+
+
+# ----- run-state table (the run lease) ------------------------------------------------
+def test_run_state_table(synth):
+    ids = _ids(synth)
+    table = synth.template["Resources"][ids["run_state"]]
+    p = table["Properties"]
+    assert p["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
+    assert p["AttributeDefinitions"] == [{"AttributeName": "pk", "AttributeType": "S"}]
+    assert p["BillingMode"] == "PAY_PER_REQUEST"
+    assert p["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert "TableName" not in p, "a generated name: the function learns it from REAPER_LEASE_TABLE"
+    # encrypted like the claims table (the DynamoDB default, AWS owned key)
+    assert p.get("SSESpecification") == synth.template["Resources"][ids["claims"]]["Properties"].get("SSESpecification")
+    # only the function uses it, and only to take, read and release the lease
+    arn = "${" + ids["run_state"] + ".Arn}"
+    users = [st for st in statements(synth.template) if arn in [render(r) for r in as_list(st["Resource"])]]
+    assert [(st["Sid"], sorted(as_list(st["Action"])), len(as_list(st["Resource"]))) for st in users] == [
+        ("RunLease", ["dynamodb:DeleteItem", "dynamodb:GetItem", "dynamodb:PutItem"], 1)
+    ]
+
+
+def test_lease_seconds_is_the_function_timeout(synth):
+    (fn,) = synth.resources("AWS::Lambda::Function").values()
+    env = fn["Properties"]["Environment"]["Variables"]
+    assert int(env["REAPER_LEASE_SECONDS"]) == fn["Properties"]["Timeout"]
+
+
+def test_state_activity_is_left_to_the_policy_when_granted(synth):
+    # the shared context grants StateObjectsHead, so the stack does not turn state activity off
+    (fn,) = synth.resources("AWS::Lambda::Function").values()
+    assert "REAPER_STATE_ACTIVITY_ENABLED" not in fn["Properties"]["Environment"]["Variables"]
+    assert any(st.get("Sid") == "StateObjectsHead" for st in statements(synth.template))
+
+
+# ----- dashboard: the locks to review, contention, skipped runs ------------------------------
+def _dashboard(synth) -> dict:
+    (dash,) = synth.resources("AWS::CloudWatch::Dashboard").values()
+    body = dash["Properties"]["DashboardBody"]
+    # the body is a Fn::Join of JSON text and tokens: render tokens as plain strings, then parse
+    parts = body["Fn::Join"][1] if isinstance(body, dict) else [body]
+    text = "".join(p if isinstance(p, str) else "TOKEN" + json.dumps(p, sort_keys=True).replace('"', "'") for p in parts)
+    return json.loads(text)
+
+
+def test_dashboard_lists_the_days_locks_to_review_from_the_logs(synth):
+    ids = _ids(synth)
+    d = _dashboard(synth)
+    assert d["start"] == "-P1D"
+    logs_widgets = [w for w in d["widgets"] if w["type"] == "log"]
+    (w,) = logs_widgets
+    q = w["properties"]["query"]
+    assert q.startswith("SOURCE 'TOKEN") and f"'Ref': '{ids['logs']}'" in q.split("|")[0]
+    assert 'filter message = "lock"' in q
+    for outcome in ("would_reap", "reaped", "raced", "error"):
+        assert f'"{outcome}"' in q, outcome
+    assert "kept_unknown" in q
+    for field in ("outcome", "store", "path", "lock_id", "who", "age_seconds", "rule", "liveness", "decision"):
+        assert field in q.split("|")[1], field
+    assert "sort @timestamp desc" in q and "limit 200" in q
+    assert w["properties"]["view"] == "table"
+
+
+def test_dashboard_has_a_contention_graph_per_lock_table_beside_the_reaps(synth):
+    d = _dashboard(synth)
+    ns = synth.stack.reaper.namespace
+    graphs = [w for w in d["widgets"] if w["type"] == "metric"]
+    for table in synth.context["reaper"]["lock_tables"]:
+        (w,) = [g for g in graphs if table in g["properties"].get("title", "")]
+        metrics = w["properties"]["metrics"]
+        assert ["AWS/DynamoDB", "ConditionalCheckFailedRequests", "TableName", table] == metrics[0][:4]
+        reaps = [m for m in metrics if m[:2] == [ns, METRICS["reaped"]]]
+        assert reaps and reaps[0][-1].get("yAxis") == "right"
+
+
+def test_dashboard_graphs_skipped_runs(synth):
+    d = _dashboard(synth)
+    ns = synth.stack.reaper.namespace
+    found = [m for w in d["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"] if m[:2] == [ns, "RunsSkipped"]]
+    assert found and found[0][2:4] == ["service", METRIC_SERVICE]
+    # the name the runtime emits, once it defines it
+    from reaper import report
+
+    assert getattr(report, "METRIC_RUNS_SKIPPED", "RunsSkipped") == "RunsSkipped"
