@@ -18,6 +18,12 @@ from typing import Any
 
 from .models import AUDIT_SCHEMA  # the record's format lives with its model (AuditRecord)
 
+# The second record written beside an audit record when the lock was NOT deleted after all
+# (the delete failed, raced, found it gone, or was not attempted): ``<record>.outcome.json``.
+# An audit record with no outcome record beside it is a deleted lock.
+OUTCOME_SCHEMA = "lock-reaper/delete-outcome/v1"
+OUTCOME_SUFFIX = ".outcome.json"
+
 _S3_REF = re.compile(r"^s3://([^/]+)/(.+)$")
 
 
@@ -51,7 +57,11 @@ def _slug(text: str) -> str:
 
 
 def record_name(record: dict[str, Any]) -> str:
-    """Relative object name: <date>/<run id>/<store>/<path>-<lock id>.json"""
+    """Relative object name: <date>/<run id>/<store>/<path>-<lock id>.json (a delete-outcome record:
+    the name of its audit record with ``.outcome.json`` for ``.json``, beside it)."""
+    if record.get("schema") == OUTCOME_SCHEMA and record.get("audit_ref"):
+        ref = str(record["audit_ref"])
+        return "/".join(ref.replace("\\", "/").split("/")[-4:]).removesuffix(".json") + OUTCOME_SUFFIX
     day = str(record.get("recorded_at", ""))[:10] or "undated"
     return "/".join(
         [
@@ -128,6 +138,9 @@ def validate_record(record: Any, ref: str = "the audit record") -> dict[str, Any
         raise NotAnAuditRecord(f"{ref} is not a Lock Reaper audit record (it is a JSON {type(record).__name__}, not an object)")
     if "schema" not in record:
         raise NotAnAuditRecord(f"{ref} is not a Lock Reaper audit record (it has no 'schema' field)")
+    if record.get("schema") == OUTCOME_SCHEMA:
+        raise NotAnAuditRecord(f"{ref} is a delete-outcome record (the lock was not deleted: {record.get('result')}); "
+                               f"its audit record is {record.get('audit_ref')}")
     if record.get("schema") != AUDIT_SCHEMA:
         raise ValueError(f"audit record schema {record.get('schema')!r} is not supported (expected {AUDIT_SCHEMA})")
     for field in ("store", "lock_path", "item", "restorable"):

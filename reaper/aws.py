@@ -7,6 +7,7 @@ settings (AWS_REGION, AWS_PROFILE, AWS_ENDPOINT_URL, ...) apply as usual.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -14,12 +15,15 @@ ClientFactory = Callable[..., Any]  # (service, region=None) -> a boto3 client
 
 
 def client(service: str, region: str | None = None) -> Any:
-    """A boto3 client with adaptive retries and bounded timeouts."""
+    """A boto3 client with adaptive retries and bounded timeouts. The region: ``region``, else
+    ``AWS_REGION`` (as on Lambda and in the AWS CLI; boto3 < 1.37 reads only the next one), else
+    ``AWS_DEFAULT_REGION``, else the profile's."""
     import boto3
     from botocore.config import Config
 
     cfg = Config(retries={"mode": "adaptive", "max_attempts": 8}, connect_timeout=5, read_timeout=20)
     make: Any = boto3.client  # the stubs overload it per service name (a Literal); ours is any service
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
     return make(service, region_name=region, config=cfg)
 
 

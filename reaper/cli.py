@@ -68,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("lock_path", metavar="LOCK_PATH", help="the lock's path (<bucket>/<state key>) or store key")
     sp.add_argument("--check-anyway", action="store_true", help="ask the liveness checkers even if the lock is not a candidate")
+    sp = add("report", "print a kept run report (the scheduled runs keep one each): the latest, or RUN_ID's")
+    common(sp)
+    sp.add_argument("run_id", metavar="RUN_ID", nargs="?", default="latest", help="a run id, or `latest` (the default)")
+    sp.add_argument("--wide", action="store_true", help="never cut table cells (they are cut only on a terminal)")
     from .commands import claim as claim_cli
 
     sp = add("claim", "in a CI job, before terraform: record which run will hold this machine's locks")
@@ -104,6 +108,8 @@ def main(argv: Sequence[str] | None = None, *, build: Callable[..., Any] | None 
         return _restore(policy, args, out, err, build)
     if args.command == "explain":
         return _explain(policy, args, out, err)
+    if args.command == "report":
+        return _report(policy, args, out, err)
     return _cycle(policy, args, out, err, build)
 
 
@@ -142,6 +148,33 @@ def _cycle(policy: Policy, args: argparse.Namespace, out, err, build) -> int:
         isatty = getattr(out, "isatty", None)
         print(report.render_table(cut=bool(callable(isatty) and isatty()) and not args.wide), file=out)
     return EXIT_ERRORS if report.exit_code else EXIT_OK
+
+
+def _report(policy: Policy, args: argparse.Namespace, out, err) -> int:
+    """A kept run report, printed as ``scan`` prints a run (``--json``: the report itself)."""
+    from .runs import NoRunReport
+    from .wiring import build_run_reports
+
+    kept = build_run_reports(policy)
+    if not kept:
+        print("error: run reports are kept in the audit bucket or directory: the policy has no `audit:` "
+              "(audit.s3_bucket or audit.local_dir, or REAPER_AUDIT_BUCKET)", file=err)
+        return EXIT_CONFIG
+    try:
+        report = kept[0].latest() if args.run_id == "latest" else kept[0].read(args.run_id)
+    except NoRunReport as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERRORS
+    except Exception as exc:  # AWS errors: one line with the code
+        print(f"error: cannot read run reports ({_error_code(exc)}): {exc}", file=err)
+        return EXIT_ERRORS
+    if args.json:
+        print(report.to_json(), file=out)
+    else:
+        isatty = getattr(out, "isatty", None)
+        print(f"run {report.run_id} ({report.mode} mode), started {report.started_at}", file=out)
+        print(report.render_table(cut=bool(callable(isatty) and isatty()) and not args.wide), file=out)
+    return EXIT_OK
 
 
 def _validate(policy: Policy, warnings: list[Any], args: argparse.Namespace, out, err) -> int:

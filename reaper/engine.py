@@ -29,6 +29,8 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Literal
 
+from .audit import OUTCOME_SCHEMA
+from .aws import error_code
 from .decision import decide
 from .models import (
     Action,
@@ -47,7 +49,18 @@ from .models import ReasonCode as C
 from .pairing import CopyResult, PairIndex, Result, Target, outcome_of
 from .policy import Policy
 from .ports import AlertSink, AuditSink, Clock, LivenessChecker, LockStore
-from .report import AlertResult, EvidenceOut, LockEntry, RunReport, StoreReport, TargetOut
+from .report import (
+    LOG_ALERT_ERROR,
+    LOG_LOCK,
+    LOG_STORE_ERROR,
+    LOG_SUMMARY,
+    AlertResult,
+    EvidenceOut,
+    LockEntry,
+    RunReport,
+    StoreReport,
+    TargetOut,
+)
 
 log = logging.getLogger("reaper")
 
@@ -170,7 +183,17 @@ class Reaper:
         report.liveness_api_calls = self.liveness.stats()
         report.finalize(self.clock(), started)
         self._alert(report)
+        self._log_run(report)
         return report
+
+    def _log_run(self, report: RunReport) -> None:
+        """One ``lock`` line per lock worth a look (an errored one at ERROR: its error, once), then the
+        ``run summary`` line. Structured keys (``extra``): the Lambda's Powertools JSON carries them."""
+        for e in report.locks:
+            if e.worth_logging:
+                level = logging.ERROR if e.outcome is Outcome.ERROR else logging.INFO
+                log.log(level, LOG_LOCK, extra={"run_id": report.run_id, **e.log_fields()})
+        log.info(LOG_SUMMARY, extra=report.summary_fields())
 
     def _say(self, msg: str) -> None:
         if self.progress:
@@ -192,15 +215,17 @@ class Reaper:
         except Exception as exc:
             sr.status = "error"
             sr.error = f"{type(exc).__name__}: {exc}" if type(exc).__name__ != "StoreError" else str(exc)
+            sr.error_code = cause_code(exc)
             if not self.errors_in_output:
-                log.error("store %s failed: %s", store.name, sr.error)
+                log.error(LOG_STORE_ERROR, extra={"run_id": self.run_id, "store": store.name, "error_code": sr.error_code,
+                                                  "error": sr.error})
         st = store.stats()
         sr.items_scanned = st.get("items", 0)
         sr.digests_skipped = st.get("digests", 0)
         self._say(
             f"{store.name}: {sr.items_scanned} items, {sr.digests_skipped} digests skipped, {sr.locks} locks"
             + (" (decided after the other stores, paired with their copies under double locking)" if index_only else "")
-            + ((" — FAILED (the error is in the report)" if self.errors_in_output else f" — ERROR {sr.error}")
+            + ((" — FAILED (the error is in the report)" if self.errors_in_output else " — FAILED (logged above)")
                if sr.error else "")
         )
         return sr
@@ -211,7 +236,7 @@ class Reaper:
             return self._process(targets, mode, budget)
         except Exception as exc:  # never crash the run over one item
             lock = targets[0].lock
-            log.exception("unexpected error on %s", lock.key)
+            log.debug("unexpected error on %s", lock.key, exc_info=True)  # the error itself: on the lock's line
             failed = Reason(C.INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
             return _entry(lock, None, None, Outcome.ERROR, [failed])
 
@@ -285,11 +310,30 @@ class Reaper:
             if not (isinstance(last, DeleteResult) and last.status is DeleteStatus.DELETED):
                 break
         done = outcome_of(judged.targets, results)
+        self._record_outcomes(judged, refs, done.copies)
         entry = judged.entry(done.outcome, done.reasons, flags=done.flags, current_holder=done.current_holder,
                              audit_ref=refs[0], refs=refs, copies=done.copies)
         for t, copy in zip(judged.targets, done.copies, strict=False):
             self._say(f"{t.store.name}: {copy.result} {t.lock.key}{_detail_once(copy.result, copy.detail)}")
         return entry
+
+    def _record_outcomes(self, judged: Judgement, refs: list[str], copies: Sequence[CopyResult]) -> None:
+        """Beside each audit record whose copy was NOT deleted (failed, raced, gone, or not attempted after
+        an earlier copy failed), a second record saying so: an audit record without one is a deleted lock."""
+        if self.audit is None:
+            return
+        for i, (t, ref) in enumerate(zip(judged.targets, refs, strict=False)):
+            copy = copies[i] if i < len(copies) else None
+            result = copy.result if copy is not None else "not_attempted"
+            if result == "deleted":
+                continue
+            record = delete_outcome_record(self.run_id, t.lock, ref, result, copy.detail if copy is not None else "",
+                                           self.clock())
+            try:
+                self.audit.write(record)
+            except Exception as exc:  # the report still says what happened
+                log.error(LOG_ALERT_ERROR, extra={"run_id": self.run_id, "sink": "audit-outcome", "audit_ref": ref,
+                                                  "error_code": cause_code(exc), "error": f"{type(exc).__name__}: {exc}"})
 
     # ------------------------------------------------------------------ after the run
     def _alert(self, report: RunReport) -> None:
@@ -299,8 +343,39 @@ class Reaper:
                 report.add_alert(AlertResult(sink=sink.name, status="sent" if detail else "skipped", detail=detail or ""))
             except Exception as exc:
                 if not self.errors_in_output:
-                    log.error("alert sink %s failed: %s", sink.name, exc)
+                    log.error(LOG_ALERT_ERROR, extra={"run_id": self.run_id, "sink": sink.name, "error_code": cause_code(exc),
+                                                      "error": f"{type(exc).__name__}: {exc}"})
                 report.add_alert(AlertResult(sink=sink.name, status="error", detail=f"{type(exc).__name__}: {exc}"))
+
+
+def cause_code(exc: BaseException) -> str:
+    """The AWS error code or HTTP status behind an error (also behind one raised ``from None``)."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        code = error_code(e, default="") if e is not None else ""
+        if code:
+            return code
+        status = getattr(e, "status", None)  # an ApiError's HTTP status (reaper.http.client)
+        if isinstance(status, int):
+            return f"HTTP {status}"
+    return type(exc).__name__
+
+
+def delete_outcome_record(run_id: str, lock: LockRecord, audit_ref: str, result: str, detail: str,
+                          now: datetime) -> dict[str, Any]:
+    """The record written beside an audit record whose lock was not deleted (``<record>.outcome.json``)."""
+    return {
+        "schema": OUTCOME_SCHEMA,
+        "run_id": run_id,
+        "recorded_at": now.isoformat(),
+        "store": lock.store,
+        "key": lock.key,
+        "lock_path": lock.lock_path,
+        "lock_id": lock.lock_id,
+        "audit_ref": audit_ref,
+        "deleted": False,
+        "result": result,
+        "detail": detail,
+    }
 
 
 def audit_record(run_id: str, judged: Judgement, position: int) -> AuditRecord:

@@ -7,7 +7,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from .observability import logger, metrics, tracer
+from .observability import lambda_logging, logger, metrics, tracer
 from .service import run_scheduled
 
 
@@ -15,4 +15,5 @@ from .service import run_scheduled
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return run_scheduled(event, os.environ, metrics=metrics)
+    with lambda_logging():  # the reaper.* loggers: the same JSON lines, one LOG_LEVEL
+        return run_scheduled(event, os.environ, metrics=metrics)

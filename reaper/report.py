@@ -35,6 +35,14 @@ METRICS = {
     "double_lock_partial": "DoubleLockPartial",
 }
 METRIC_DURATION = "RunDurationSeconds"
+METRIC_RUNS_SKIPPED = "RunsSkipped"  # a run that found another run's live lease (reaper/lease.py)
+
+# The log lines (Powertools JSON, one object per line), for Logs Insights queries:
+LOG_SUMMARY = "run summary"  # one per run: RunReport.summary_fields()
+LOG_LOCK = "lock"  # one per lock worth a look: LockEntry.log_fields() (see LockEntry.worth_logging)
+LOG_STORE_ERROR = "store error"  # one per failed store: store, error_code, error
+LOG_ALERT_ERROR = "alert error"  # one per failed alert sink: sink, error_code, error
+LOG_SKIPPED = "run skipped"  # a run that found a live lease: run_id, holder, expires_at
 
 
 class EvidenceOut(BaseModel):
@@ -82,11 +90,39 @@ class LockEntry(BaseModel):
         """The code of each reason, in the same order (in JSON next to ``reasons``)."""
         return [Reason.read(r).code.value for r in self.reasons]
 
+    @property
+    def worth_logging(self) -> bool:
+        """A candidate, reaped, raced, gone, errored or flagged lock: all but a young kept one."""
+        return self.outcome is not Outcome.KEPT or self.decision == "reap" or bool(self.flags)
+
+    def log_fields(self) -> dict[str, Any]:
+        """The keys of its ``lock`` log line (no lock item, no token: what the table shows, and the evidence URL)."""
+        return {
+            "store": " + ".join(t.store for t in self.targets) if self.targets else self.store,
+            "key": self.key,
+            "lock_path": self.lock_path,
+            "lock_id": self.lock_id,
+            "operation": self.operation,
+            "who": self.who,
+            "age_seconds": self.age_seconds,
+            "rule": self.rule,
+            "liveness": self.liveness,
+            "evidence_url": next((ev.url for ev in self.evidence if ev.url), None),
+            "decision": self.decision,
+            "outcome": self.outcome.value,
+            "reasons": [str(r) for r in self.reasons],
+            "reason_codes": self.reason_codes,
+            "flags": self.flags,
+            "audit_ref": self.audit_ref,
+            **({"error_code": self.reason_codes[-1]} if self.outcome is Outcome.ERROR and self.reasons else {}),
+        }
+
 
 class StoreReport(BaseModel):
     name: str
     status: Literal["ok", "error"] = "ok"
     error: str | None = None
+    error_code: str | None = None  # the AWS error code or HTTP status behind ``error``
     items_scanned: int = 0
     digests_skipped: int = 0
     locks: int = 0
@@ -186,6 +222,27 @@ class RunReport(BaseModel):
             METRICS["cap_hit"]: 1 if s.cap_hit else 0,
             METRICS["digests_skipped"]: s.digests_skipped,
             METRICS["double_lock_partial"]: s.double_lock_partial,
+        }
+
+    def summary_fields(self, status: Literal["completed", "skipped"] = "completed") -> dict[str, Any]:
+        """The keys of the run's one ``run summary`` log line (``skipped``: another run held the run lease)."""
+        return {
+            "run_id": self.run_id,
+            "mode": self.mode,
+            "status": status,
+            "outcomes": dict(self.summary.outcomes),
+            "locks": self.summary.locks_scanned,
+            "stale": self.summary.stale,
+            "kept_unknown": self.summary.kept_unknown,
+            "cap_hit": self.summary.cap_hit,
+            "errors": self.errors,
+            "stores": [{"name": st.name, "status": st.status, "items": st.items_scanned, "locks": st.locks,
+                        **({"error_code": st.error_code} if st.error_code else {})} for st in self.stores],
+            "alerts": {a.sink: a.status for a in self.alerts},
+            "api_calls": int(self.liveness_api_calls.get("total", 0) or 0),
+            "api_calls_by_kind": dict(self.liveness_api_calls.get("by_kind", {})),
+            "duration_seconds": self.duration_seconds,
+            "summary": self.summary_line(),
         }
 
     # ----- rendering -----------------------------------------------------
@@ -322,12 +379,12 @@ def _audit_refs(e: LockEntry) -> list[str]:
 
 # What the liveness counter's kinds are: claims.* DynamoDB queries, s3.* HeadObject on
 # state files, everything else (github.*, gitlab.*, hcp.*, app.*) a CI system's API.
-_CALL_GROUPS = (("claims", "claim-table query", "claim-table queries"),
+_CALL_GROUPS = (("claims", "claim-table read", "claim-table reads"),
                 ("s3", "state-file HeadObject call", "state-file HeadObject calls"))
 
 
 def liveness_line(calls: dict[str, Any]) -> str:
-    """``liveness: 8 CI API calls (...; 0 answered 304 Not Modified), 6 claim-table queries``"""
+    """``liveness: 8 CI API calls (...; 0 answered 304 Not Modified), 6 claim-table reads``"""
     by_kind: dict[str, int] = calls.get("by_kind", {})
     grouped = {prefix for prefix, _, _ in _CALL_GROUPS}
     ci = {k: v for k, v in by_kind.items() if k.split(".", 1)[0] not in grouped}

@@ -1,14 +1,20 @@
-"""What one scheduled invocation does: parse the event, load the shipped policy, run a cycle."""
+"""What one scheduled invocation does: parse the event, load the shipped policy, take the run
+lease, run a cycle (keeping its report, and the report-mode digest), release the lease."""
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .policy import load_policy
+from .report import LOG_SKIPPED, LOG_SUMMARY, METRIC_RUNS_SKIPPED, RunReport
+
+log = logging.getLogger("reaper.service")
 
 # The stack copies the operators' policy file to the asset root (/var/task/policy.yaml).
 DEFAULT_POLICY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "policy.yaml")
@@ -38,7 +44,34 @@ def run_scheduled(event: Mapping[str, Any] | None, env: Mapping[str, str], metri
             for e in exc.errors()
         )
         raise InvalidEvent(f"invalid event: {problems}") from None
+    from .wiring import build_lease, build_run_sinks
+
     policy = load_policy(env.get("REAPER_POLICY_FILE", DEFAULT_POLICY), env=env)
-    reaper = (build or build_reaper)(policy, Deps(env=env), metrics=metrics)  # tokens from the invocation's env
-    report = reaper.run(mode=parsed.mode or policy.mode)
-    return report.model_dump(mode="json")
+    deps = Deps(env=env)  # tokens from the invocation's env
+    reaper = (build or build_reaper)(policy, deps, metrics=metrics)
+    reaper.alerts = [*reaper.alerts, *build_run_sinks(policy, deps)]  # the digest, then the kept report
+    mode = parsed.mode or policy.mode
+    lease = build_lease(deps)
+    if lease is not None:
+        held = lease.acquire(reaper.run_id)
+        if held is not None:
+            return _skipped(reaper.run_id, mode, reaper.clock().isoformat(), held.describe(time.time()), metrics)
+    try:
+        report = reaper.run(mode=mode)
+    finally:
+        if lease is not None and not lease.release(reaper.run_id):
+            log.warning("run lease was no longer held by this run at its end (it expired and was taken over)",
+                        extra={"run_id": reaper.run_id})
+    return {**report.model_dump(mode="json"), "status": "completed"}
+
+
+def _skipped(run_id: str, mode: Literal["report", "enforce"], at: str, why: str, metrics: Any) -> dict[str, Any]:
+    """Another run holds the lease: nothing scanned, a ``skipped`` report, the RunsSkipped metric."""
+    report = RunReport(run_id=run_id, mode=mode, started_at=at, finished_at=at, duration_seconds=0.0, max_deletes_per_run=0)
+    log.warning(LOG_SKIPPED, extra={"run_id": run_id, "mode": mode, "reason": why})
+    log.info(LOG_SUMMARY, extra=report.summary_fields(status="skipped"))
+    if metrics is not None:
+        from aws_lambda_powertools.metrics import MetricUnit
+
+        metrics.add_metric(name=METRIC_RUNS_SKIPPED, unit=MetricUnit.Count, value=1)
+    return {**report.model_dump(mode="json"), "status": "skipped", "skipped_reason": why}

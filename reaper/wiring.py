@@ -35,6 +35,7 @@ from .audit import LocalDirAuditSink, S3AuditSink, TeeAuditSink
 from .engine import Progress, Reaper
 from .http.client import ApiCounter, EtagCache, HttpLimits, JsonApi, new_pool
 from .http.tokens import GitHubAppToken, SecretsSource, StaticToken, github_header, gitlab_header
+from .lease import DEFAULT_LEASE_SECONDS, RunLease
 from .liveness.claims import ClaimStore
 from .liveness.composite import ClaimsChecker, CompositeChecker
 from .liveness.github import GITHUB_HEADERS, GitHubApi, GitHubClaimVerifier, GitHubReposChecker, GitHubRunnersChecker
@@ -42,9 +43,11 @@ from .liveness.gitlab import GitLabApi, GitLabClaimVerifier, GitLabJobsChecker
 from .liveness.hcp_runs import HCPRunChecker
 from .liveness.state_activity import StateActivityChecker
 from .policy import Policy
+from .policy.env import LEASE_SECONDS, LEASE_TABLE
 from .policy.liveness import GitHubProvider, GitLabProvider, Provider
 from .policy.schema import DynamoDBStoreConfig, GitLabStateStoreConfig, HCPStoreConfig, S3StoreConfig, StoreConfig
 from .ports import AlertSink, AuditSink, Checker, ClaimVerifier, Clock, LivenessChecker, LockStore
+from .runs import DigestSink, LocalRunReports, RunReports, RunReportSink, S3RunReports
 from .stores.dynamodb import DynamoDBLockStore
 from .stores.gitlab_state import GitLabStateStore
 from .stores.hcp import HCPWorkspaceStore
@@ -271,3 +274,39 @@ def _alerts(run: _Run, metrics: Any) -> list[AlertSink]:
     if a.metrics.enabled and metrics is not None:
         sinks.append(MetricsAlertSink(metrics, namespace=a.metrics.namespace))
     return sinks
+
+
+# ---------------------------------------------------------------------------- scheduled runs only
+def build_run_reports(policy: Policy, deps: Deps | None = None) -> list[RunReports]:
+    """Where run reports are kept: the audit bucket (``<prefix>runs/``), and the local audit directory."""
+    a, f = policy.audit, (deps or Deps.default()).client_factory
+    found: list[RunReports] = []
+    if a.s3_bucket:
+        found.append(S3RunReports(f("s3"), a.s3_bucket, a.prefix))
+    if a.local_dir:
+        found.append(LocalRunReports(a.local_dir))
+    return found
+
+
+def build_run_sinks(policy: Policy, deps: Deps | None = None) -> list[AlertSink]:
+    """The sinks a scheduled run adds: the report-mode digest (opt-in), then the kept run report."""
+    deps = deps or Deps.default()
+    kept = build_run_reports(policy, deps)
+    sinks: list[AlertSink] = []
+    a = policy.alerts
+    if a.digest.enabled and a.sns_topic_arn and kept:
+        sinks.append(DigestSink(deps.client_factory("sns", a.sns_topic_arn.split(":")[3]), a.sns_topic_arn, kept[0],
+                                every=a.digest.every))
+    if kept:
+        sinks.append(RunReportSink(*kept))
+    return sinks
+
+
+def build_lease(deps: Deps | None = None) -> RunLease | None:
+    """The run lease from ``REAPER_LEASE_TABLE`` / ``REAPER_LEASE_SECONDS``; None without a table."""
+    deps = deps or Deps.default()
+    table = deps.env.get(LEASE_TABLE)
+    if not table:
+        return None
+    seconds = int(deps.env.get(LEASE_SECONDS) or DEFAULT_LEASE_SECONDS)
+    return RunLease(deps.client_factory("dynamodb"), table, seconds)

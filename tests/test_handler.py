@@ -119,8 +119,11 @@ def test_event_mode_enforce_overrides_the_policy(lambda_env, capsys: pytest.Capt
     assert not lock_present(lambda_env["ddb"], STALE)
     assert lock_present(lambda_env["ddb"], FRESH)
     assert lock_present(lambda_env["ddb"], f"{STALE}-md5")
-    objects = lambda_env["s3"].list_objects_v2(Bucket="audit-bucket")["Contents"]
-    assert len(objects) == 1
+    objects = [o["Key"] for o in lambda_env["s3"].list_objects_v2(Bucket="audit-bucket")["Contents"]]
+    records = [k for k in objects if not k.startswith("lock-reaper/audit/runs/")]
+    assert len(records) == 1, objects  # the audit record; beside the run's kept report:
+    assert [k for k in objects if k.startswith("lock-reaper/audit/runs/")] == [
+        f"lock-reaper/audit/runs/{result['started_at'][:10].replace('-', '/')}/{result['run_id']}.json"]
 
 
 @pytest.mark.parametrize("event", [{"mode": "delete"}, {"mode": "ENFORCE"}, {"mode": 1}])

@@ -134,9 +134,14 @@ def test_secret_from_secrets_manager_through_powertools(aws) -> None:
 
 
 # ---------------------------------------------------------------------------- never log a token
-def test_no_token_key_or_jwt_is_ever_logged_or_reported(aws, app_key, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_token_key_or_jwt_is_ever_logged_or_reported(aws, app_key, caplog: pytest.LogCaptureFixture,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A full cycle at DEBUG (urllib3, botocore, reaper), with successes, 401s, 500s, rate limits and a
-    GitHub App exchange: no secret appears in the captured logs or in the run report."""
+    GitHub App exchange: no secret appears in the captured logs, in the Powertools JSON lines the
+    Lambda writes (the reaper.* loggers routed through it, LOG_LEVEL=DEBUG), or in the run report."""
+    from reaper.observability import lambda_logging
+
     key, pkcs1, _ = app_key
     now = datetime.now(timezone.utc)
     with FakeCI(github_token=GH_TOKEN, gitlab_token=GL_TOKEN, app_id="4242", app_public_key=_public(key)) as fake:
@@ -196,8 +201,12 @@ def test_no_token_key_or_jwt_is_ever_logged_or_reported(aws, app_key, caplog: py
         caplog.set_level(logging.DEBUG)  # from here on: the reaper's own work (the set-up above wrote the secrets)
         caplog.clear()
         liveness = build_liveness(policy, lambda s, r=None: boto3.client(s, region_name=r or "us-east-1"), etags=EtagCache())
-        report = Reaper(policy, [store], clock=lambda: now, liveness=liveness).run()
+        monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+        capsys.readouterr()
+        with lambda_logging():  # as in the Lambda: reaper.* through the Powertools Logger, as JSON on stdout
+            report = Reaper(policy, [store], clock=lambda: now, liveness=liveness).run()
         issued = list(fake.issued_tokens)
+        json_lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
 
     states = {e.key: e.liveness for e in report.locks}
     assert states["tf/a"] == "dead" and states["tf/d"] == "alive" and states["tf/b"] == "unknown"
@@ -205,7 +214,9 @@ def test_no_token_key_or_jwt_is_ever_logged_or_reported(aws, app_key, caplog: py
     assert issued, "a GitHub App installation token was issued"
     assert caplog.records, "logging was captured"
     assert any("urllib3" in r.name for r in caplog.records), "urllib3 debug logging was on"
-    logged = caplog.text + "\n".join(str(r.__dict__) for r in caplog.records)
+    assert {d["message"] for d in json_lines} >= {"lock", "run summary"}, "the JSON lines were captured"
+    assert any(d["level"] == "DEBUG" for d in json_lines), "LOG_LEVEL=DEBUG reached the reaper.* loggers"
+    logged = caplog.text + "\n".join(str(r.__dict__) for r in caplog.records) + json.dumps(json_lines)
     reported = report.to_json() + report.render_table()
     secrets = [GH_TOKEN, GL_TOKEN, *issued, pkcs1.splitlines()[1], "eyJhbGciOiJSUzI1NiIs"]  # the JWT header's base64
     for secret in secrets:

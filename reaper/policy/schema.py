@@ -165,11 +165,20 @@ class MetricsConfig(_Strict):
     namespace: str = "LockReaper"
 
 
+class DigestConfig(_Strict):
+    """Report mode's digest: one SNS message (to sns_topic_arn) listing what would have been reaped,
+    at most once per ``every``; sent by the scheduled function (reaper/runs.py)."""
+
+    enabled: bool = False
+    every: Duration = timedelta(days=1)
+
+
 class AlertsConfig(_Strict):
     sns_topic_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[\w-]+$")
     event_bus: str | None = None  # name or ARN; "default" is allowed
     event_source: str = "lock-reaper"
     metrics: MetricsConfig = MetricsConfig()
+    digest: DigestConfig = DigestConfig()
 
 
 class Policy(_Strict):
