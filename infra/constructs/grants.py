@@ -71,8 +71,8 @@ class RoleGrants:
             )
 
     def claims(self, table: dynamodb.ITable) -> None:
-        """Claims: the latest claim for a lock's Who."""
-        self.statement("ClaimsQuery", ["dynamodb:Query"], [table.table_arn])
+        """Claims: one consistent Scan per run (the table is TTL-bounded), or a Query per lock's Who past its limit."""
+        self.statement("ClaimsQuery", ["dynamodb:Query", "dynamodb:Scan"], [table.table_arn])
 
     def run_state(self, table: dynamodb.ITable) -> None:
         """Run state: take (conditional put), read and release the run lease, in the stack's own table only."""
