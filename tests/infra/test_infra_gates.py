@@ -151,7 +151,7 @@ def test_variant_is_bound_to_the_given_account_and_region(variant):
     template, env = variant
     assert (env.account, env.region) == ("123456789012", "eu-central-1")
     fn_statements = statements(template)
-    tables = [render(r) for st in fn_statements if "dynamodb:Scan" in as_list(st["Action"]) for r in as_list(st["Resource"])]
+    tables = [render(r) for st in fn_statements if st.get("Sid") == "LockTables" for r in as_list(st["Resource"])]
     assert tables == ["arn:aws:dynamodb:eu-central-1:123456789012:table/terraform-locks"]
 
 
