@@ -16,18 +16,18 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from reaper.report import METRIC_DURATION, METRIC_SERVICE, METRICS
+from reaper.report import LOG_LOCK, METRIC_DURATION, METRIC_RUNS_SKIPPED, METRIC_SERVICE, METRICS
 
 ALARM_PERIOD = Duration.minutes(15)
 
-# Emitted by the runtime when a run finds a live run lease and exits as skipped.
-METRIC_RUNS_SKIPPED = "RunsSkipped"
-
-# The per-lock JSON log lines (message "lock") worth a look: what would be / was reaped, races, errors,
-# and candidates kept because their holder's liveness is unknown (flag kept_unknown).
+# The per-lock JSON log lines (message "lock", reaper.report.LockEntry.log_fields) worth a look: what would
+# be / was reaped, races, errors, and candidates kept because their holder's liveness is unknown (the
+# kept_unknown flag: flags is a JSON list, which Logs Insights splits into flags.0, flags.1, ...).
 LOCKS_QUERY = [
-    "fields @timestamp, outcome, store, path, lock_id, who, age_seconds, rule, liveness, decision",
-    'filter message = "lock" and (outcome in ["would_reap", "reaped", "raced", "error"] or @message like /"kept_unknown"/)',
+    "fields @timestamp, outcome, store, lock_path, lock_id, who, age_seconds, rule, liveness, decision, "
+    "evidence_url, audit_ref",
+    f'filter message = "{LOG_LOCK}" and '
+    '(outcome in ["would_reap", "reaped", "raced", "error"] or @message like /"kept_unknown"/)',
     "sort @timestamp desc",
     "limit 200",
 ]
