@@ -150,6 +150,11 @@ class RoleGrants:
             "Audit records get one object per reaped lock under the policy's audit prefix of the stack's own bucket.",
         )
         self.statement("UseStackKey", ["kms:GenerateDataKey", "kms:Decrypt"], [key.key_arn])
+        if self.policy.alerts.digest.enabled:
+            # The digest reads its marker (<audit prefix>runs/last-digest.json) before the first one exists:
+            # without s3:ListBucket, S3 answers a missing key with 403 AccessDenied, not 404, and no digest is sent.
+            # Key names of the stack's own bucket only; no s3:prefix condition (S3 checks it without a prefix).
+            self.statement("AuditBucketList", ["s3:ListBucket"], [bucket.bucket_arn])
 
     def logs(self, log_group: logs.ILogGroup) -> None:
         """Logs: only this function's log group."""

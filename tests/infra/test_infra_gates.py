@@ -185,3 +185,31 @@ def test_variant_schedule_and_retention_follow_the_context(variant):
     assert sched["Properties"]["State"] == "DISABLED"
     (logs,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::Logs::LogGroup"]
     assert logs["Properties"]["RetentionInDays"] == 30
+
+
+def test_digest_may_tell_a_missing_marker_from_a_refusal(tmp_path):
+    """With the digest on, ListBucket on the audit bucket: else S3 answers the first marker read with 403, not 404."""
+    import aws_cdk as cdk
+    from aws_cdk import aws_iam as iam
+    from aws_cdk import aws_kms as kms
+    from aws_cdk import aws_s3 as s3
+
+    from infra.constructs.grants import RoleGrants
+    from infra.settings import load_settings
+    from reaper.policy import parse_policy
+
+    text = (ROOT / "config" / "policy.yaml").read_text(encoding="utf-8")
+    found = {}
+    for enabled in (False, True):
+        policy = parse_policy(text + f"\n  digest:\n    enabled: {str(enabled).lower()}\n")
+        assert policy.alerts.digest.enabled is enabled
+        stack = cdk.Stack(cdk.App(outdir=str(tmp_path / str(enabled))), "Digest")
+        role = iam.Role(stack, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
+        bucket, key = s3.Bucket(stack, "Audit"), kms.Key(stack, "Key")
+        RoleGrants(role, load_settings({}), policy).audit_records(bucket, key)
+        template = cdk.assertions.Template.from_stack(stack).to_json()
+        found[enabled] = {st["Sid"]: (as_list(st["Action"]), [render(r) for r in as_list(st["Resource"])])
+                          for st in statements(template)}
+    assert "AuditBucketList" not in found[False]
+    bucket_id = next(iter(found[True]["AuditBucketList"][1]))
+    assert found[True]["AuditBucketList"] == (["s3:ListBucket"], [bucket_id]) and bucket_id.endswith(".Arn}")
