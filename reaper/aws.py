@@ -73,3 +73,16 @@ def error_item(exc: BaseException) -> dict[str, Any] | None:
 def is_code(exc: BaseException, *codes: str) -> bool:
     """Whether the AWS error code is one of ``codes`` (an exception without a code never is)."""
     return error_code(exc, default="") in codes
+
+
+def cause_code(exc: BaseException) -> str:
+    """The AWS error code or HTTP status behind an error, also behind one raised ``from None`` (a StoreError
+    wrapping a ClientError or an ApiError); else the exception's type name."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        code = error_code(e, default="") if e is not None else ""
+        if code:
+            return code
+        status = getattr(e, "status", None)  # an ApiError's HTTP status (reaper.http.client)
+        if isinstance(status, int):
+            return f"HTTP {status}"
+    return type(exc).__name__

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
-from .aws import error_code
+from .aws import cause_code
 from .policy import ConfigError, Policy, check_policy_file
 
 EXIT_OK, EXIT_ERRORS, EXIT_CONFIG = 0, 1, 2
@@ -166,7 +166,7 @@ def _report(policy: Policy, args: argparse.Namespace, out, err) -> int:
         print(f"error: {exc}", file=err)
         return EXIT_ERRORS
     except Exception as exc:  # AWS errors: one line with the code
-        print(f"error: cannot read run reports ({_error_code(exc)}): {exc}", file=err)
+        print(f"error: cannot read run reports ({cause_code(exc)}): {exc}", file=err)
         return EXIT_ERRORS
     if args.json:
         print(report.to_json(), file=out)
@@ -196,16 +196,6 @@ class _Usage(Exception):
     """The command's argument itself is wrong (no such audit record, not an audit record): exit 2."""
 
 
-def _error_code(exc: BaseException) -> str:
-    """The AWS error code or HTTP status behind an error (also behind a StoreError raised ``from None``)."""
-    for e in (exc, exc.__cause__, exc.__context__):
-        code = error_code(e, default="") if e is not None else ""
-        if code:
-            return code
-        status = getattr(e, "status", None)  # an ApiError's HTTP status (reaper.http.client)
-        if isinstance(status, int):
-            return f"HTTP {status}"
-    return type(exc).__name__
 
 
 def _restore(policy: Policy, args: argparse.Namespace, out, err, build) -> int:
@@ -273,7 +263,7 @@ def _read_audit_record(ref: str, policy: Policy) -> dict[str, Any]:
     except _Usage:
         raise
     except Exception as exc:
-        code = _error_code(exc)
+        code = cause_code(exc)
         if code in ("NoSuchKey", "NoSuchBucket", "404"):
             raise _Usage(f"no audit record at {ref}: no such object ({code})") from None
         raise
@@ -329,7 +319,7 @@ def _lookup(stores: list[Any], lock_path: str) -> tuple[list[Any], list[str], li
                 elif lock.lock_path.endswith(tail) or lock.key.endswith(tail):
                     near.add(lock.lock_path)
         except Exception as exc:  # one store that cannot be read: named, never "no lock"
-            failed.append({"store": store.name, "code": _error_code(exc), "message": str(exc) or type(exc).__name__})
+            failed.append({"store": store.name, "code": cause_code(exc), "message": str(exc) or type(exc).__name__})
     return found, sorted(near), failed
 
 

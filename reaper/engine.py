@@ -30,7 +30,7 @@ from functools import partial
 from typing import Any, Literal
 
 from .audit import OUTCOME_SCHEMA
-from .aws import error_code
+from .aws import cause_code
 from .decision import decide
 from .models import (
     Action,
@@ -348,16 +348,6 @@ class Reaper:
                 report.add_alert(AlertResult(sink=sink.name, status="error", detail=f"{type(exc).__name__}: {exc}"))
 
 
-def cause_code(exc: BaseException) -> str:
-    """The AWS error code or HTTP status behind an error (also behind one raised ``from None``)."""
-    for e in (exc, exc.__cause__, exc.__context__):
-        code = error_code(e, default="") if e is not None else ""
-        if code:
-            return code
-        status = getattr(e, "status", None)  # an ApiError's HTTP status (reaper.http.client)
-        if isinstance(status, int):
-            return f"HTTP {status}"
-    return type(exc).__name__
 
 
 def delete_outcome_record(run_id: str, lock: LockRecord, audit_ref: str, result: str, detail: str,

@@ -131,7 +131,9 @@ def test_second_delete_raced_alerts_loudly_and_the_state_stays_locked(world: dic
     assert [(t.store, t.result) for t in e.targets] == [(f"s3:{BUCKET}", "deleted"), (f"dynamodb:{TABLE}", "raced")]
     assert e.current_holder == {"id": NEW_ID, "who": "deploy@ci-runner-7"}
     assert not s3_exists(world) and ddb_info(world) == newer, "the new item is untouched"
-    assert len(audit.records) == 2, "both copies were recorded before any delete"
+    assert len(audit.audits) == 2, "both copies were recorded before any delete"
+    assert [(o["store"], o["deleted"]) for o in audit.outcomes] == [(f"dynamodb:{TABLE}", False)], \
+        "the raced copy's audit record has a record beside it saying it was not deleted"
     # loud: summary, exit code, SNS even without a reaped lock
     assert report.summary.double_lock_partial == 1 and report.exit_code == 1
     assert report.metric_values()["DoubleLockPartial"] == 1, "the stack's DoubleLockPartial alarm reads this metric"

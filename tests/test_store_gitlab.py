@@ -240,7 +240,8 @@ def test_unlock_failures_are_errors_and_the_lock_stays(gl: FakeGitLab, fault: di
     gl.fail("DELETE", r"/state/prod/lock$", times=3, **fault)
     _, reaper, audit = build(gl, make_policy(gl))
     e = {e.lock_path: e for e in reaper.run().locks}[f"{PROJECT}/prod"]
-    assert e.outcome is Outcome.ERROR and len(audit.records) == 1
+    assert e.outcome is Outcome.ERROR and len(audit.audits) == 1
+    assert [o["deleted"] for o in audit.outcomes] == [False]  # the record beside it says the delete failed
     assert gl.state(PROJECT, "prod")["lock_xid"] is not None
 
 

@@ -294,7 +294,8 @@ def test_reread_failure_before_unlock_is_an_error_and_nothing_is_unlocked(hcp: F
     _, reaper, audit = build(hcp, make_policy(hcp))
     e = reaper.run().locks[0]
     assert e.outcome is Outcome.ERROR and "503" in e.reasons[-1]
-    assert hcp.workspaces[ws]["locked"] and hcp.calls("POST") == [] and len(audit.records) == 1
+    assert hcp.workspaces[ws]["locked"] and hcp.calls("POST") == [] and len(audit.audits) == 1
+    assert [o["deleted"] for o in audit.outcomes] == [False]  # the record beside it says the delete failed
 
 
 def test_one_failing_organization_does_not_hide_the_others(hcp: FakeHCP) -> None:

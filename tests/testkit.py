@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from reaper.audit import OUTCOME_SCHEMA
 from reaper.policy import Policy
 from reaper.models import DeleteResult, LockRecord
 
@@ -31,6 +32,16 @@ class ListAudit:
 
     def read(self, ref: str) -> dict[str, Any]:
         return self.records[int(ref.split("//")[1]) - 1]
+
+    @property
+    def audits(self) -> list[dict[str, Any]]:
+        """The audit records written before deletes (not the delete-outcome records written after a failed one)."""
+        return [r for r in self.records if r.get("schema") != OUTCOME_SCHEMA]
+
+    @property
+    def outcomes(self) -> list[dict[str, Any]]:
+        """The records that say a copy was not deleted, written beside its audit record."""
+        return [r for r in self.records if r.get("schema") == OUTCOME_SCHEMA]
 
 
 class InterceptDelete:
