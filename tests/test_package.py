@@ -122,7 +122,7 @@ def test_wheel_holds_only_the_reaper_package(wheel: Path) -> None:
         metadata = z.read(dist_info + "METADATA").decode()
     assert f"Version: {__version__}" in metadata
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
-    assert {Requirement(r).name for r in requires} == {"aws-lambda-powertools", "pydantic", "PyYAML", "rsa", "boto3"}
+    assert {Requirement(r).name for r in requires} == {"aws-lambda-powertools", "pydantic", "PyYAML", "rsa", "boto3", "botocore"}
 
 
 def test_console_script_is_the_cli_with_an_exit_code(venv: Path) -> None:
