@@ -94,7 +94,7 @@ $(UV):
 
 lock: $(UV)
 	$(UV) pip compile requirements.txt --generate-hashes --python-platform aarch64-manylinux2014 \
-		--python-version 3.13 --index-url https://pypi.org/simple --custom-compile-command "make lock" \
+		--python-version 3.13 --custom-compile-command "make lock" \
 		-o requirements.lock
 
 clean:

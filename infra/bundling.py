@@ -55,7 +55,7 @@ LOCK_FILE = "requirements.lock"
 # The command that regenerates the lock file (``make lock`` runs it; README quotes it).
 LOCK_COMMAND = (
     "uv pip compile requirements.txt --generate-hashes --python-platform aarch64-manylinux2014 "
-    "--python-version 3.13 --index-url https://pypi.org/simple --custom-compile-command 'make lock' "
+    "--python-version 3.13 --custom-compile-command 'make lock' "
     "-o requirements.lock"
 )
 _SKIP_DIRS = {"__pycache__", "bin"}
