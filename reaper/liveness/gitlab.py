@@ -48,7 +48,6 @@ from .facts import (
 )
 from .identity import parse_who
 
-DOCKER_RUNNER_HOSTS = ["runner-*-project-*-concurrent-*"]  # what a provider sets in runner_hosts to opt in
 FINISHED = {"success", "failed", "canceled", "skipped"}
 FINISHED_SCOPES = ("success", "failed", "canceled")  # jobs that ran and ended (skipped jobs never ran)
 NOT_FINISHED = {"running", "pending", "preparing", "canceling", "created", "waiting_for_resource",

@@ -28,7 +28,8 @@ _SECRET = r"^[A-Za-z0-9/_+=.@:-]{1,2048}$"  # a Secrets Manager name or ARN
 _ENV = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 
-GITHUB_RUN_STATUSES = ("in_progress", "queued", "waiting", "requested", "pending")
+RunStatus = Literal["in_progress", "queued", "waiting", "requested", "pending"]
+GITHUB_RUN_STATUSES = get_args(RunStatus)
 GitLabLiveScope = Literal["running", "pending", "preparing", "canceling", "waiting_for_resource", "created", "scheduled"]
 GITLAB_LIVE_SCOPES = get_args(GitLabLiveScope)
 
@@ -94,9 +95,6 @@ class _ProviderBase(_Strict):
     @property
     def label(self) -> str:
         return self.name or self.type
-
-
-RunStatus = Literal["in_progress", "queued", "waiting", "requested", "pending"]
 
 
 def _default_run_statuses() -> list[RunStatus]:
