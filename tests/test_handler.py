@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 
 from devtools.locks import create_lock_table, digest_item, info_json, lock_item
 from reaper.report import METRIC_DURATION, METRICS
+from testkit import FakeLambdaContext
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "terraform-locks"
@@ -31,20 +31,6 @@ SCHEDULER_EVENT = {  # what an EventBridge Scheduler / rule delivers, plus our o
     "resources": ["arn:aws:events:us-east-1:123456789012:rule/lock-reaper"],
     "detail": {},
 }
-
-
-@dataclass
-class FakeLambdaContext:
-    function_name: str = "lock-reaper"
-    function_version: str = "$LATEST"
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:lock-reaper"
-    memory_limit_in_mb: int = 256
-    aws_request_id: str = "c6af9ac6-7b61-11e6-9a41-93e812345678"
-    log_group_name: str = "/aws/lambda/lock-reaper"
-    log_stream_name: str = "2026/11/22/[$LATEST]abcdef"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
 
 
 @pytest.fixture

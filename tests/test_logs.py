@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -14,24 +13,11 @@ import boto3
 import pytest
 
 from devtools.locks import create_lock_table, digest_item, info_json, lock_item
+from testkit import FakeLambdaContext
 
 TABLE = "terraform-locks"
 STALE = "corp-tfstate/prod/app/terraform.tfstate"
 FRESH = "corp-tfstate/dev/app/terraform.tfstate"
-
-
-@dataclass
-class Ctx:
-    function_name: str = "lock-reaper"
-    function_version: str = "$LATEST"
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:lock-reaper"
-    memory_limit_in_mb: int = 256
-    aws_request_id: str = "c6af9ac6-7b61-11e6-9a41-93e812345678"
-    log_group_name: str = "/aws/lambda/lock-reaper"
-    log_stream_name: str = "2026/11/22/[$LATEST]abcdef"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
 
 
 @pytest.fixture
@@ -67,7 +53,7 @@ def invoke(event: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> tuple[d
     from reaper.handler import lambda_handler
 
     capsys.readouterr()
-    result = lambda_handler(event, Ctx())
+    result = lambda_handler(event, FakeLambdaContext())
     out = capsys.readouterr().out
     print(out)  # shown with -s / on failure: the lines pasted in the closing note come from here
     return result, json_lines(out)
@@ -78,7 +64,7 @@ def test_one_summary_line_one_line_per_lock_worth_a_look_each_error_once(env, ca
     summaries = [d for d in lines if d["message"] == "run summary"]
     assert len(summaries) == 1
     s = summaries[0]
-    assert s["level"] == "INFO" and s["service"] == "lock-reaper" and s["function_request_id"] == Ctx.aws_request_id
+    assert s["level"] == "INFO" and s["service"] == "lock-reaper" and s["function_request_id"] == FakeLambdaContext.aws_request_id
     assert s["run_id"] == result["run_id"] and s["mode"] == "enforce" and s["status"] == "completed"
     assert s["outcomes"]["reaped"] == 1 and s["outcomes"]["kept"] == 1
     assert s["stores"] == [

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -85,3 +86,19 @@ def enforce_policy(mode: str = "enforce", **kw: Any) -> Policy:
                            "audit": {"local_dir": "unused"}}
     doc.update(kw)
     return Policy.model_validate(doc)
+
+
+@dataclass
+class FakeLambdaContext:
+    """The Lambda context the handler's Powertools decorators read."""
+
+    function_name: str = "lock-reaper"
+    function_version: str = "$LATEST"
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:lock-reaper"
+    memory_limit_in_mb: int = 256
+    aws_request_id: str = "c6af9ac6-7b61-11e6-9a41-93e812345678"
+    log_group_name: str = "/aws/lambda/lock-reaper"
+    log_stream_name: str = "2026/11/22/[$LATEST]abcdef"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000

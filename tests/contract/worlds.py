@@ -126,6 +126,24 @@ class World:
 
 
 # ================================================================ GitHub Actions and GitLab CI
+class FinishTimes:
+    """dead / within_grace / within_skew for worlds whose holder is one job or run that ``finished(at)``:
+    15 minutes after the lock's Created (past clock_skew and the grace), 2 minutes ago (within the grace),
+    2 minutes after Created (within clock_skew)."""
+
+    def finished(self, at: Callable[[LockRecord], datetime]) -> LockRecord:  # pragma: no cover - the worlds
+        raise NotImplementedError
+
+    def dead(self) -> LockRecord:
+        return self.finished(lambda lock: created(lock) + timedelta(minutes=15))
+
+    def within_grace(self) -> LockRecord:
+        return self.finished(lambda lock: NOW - timedelta(minutes=2))
+
+    def within_skew(self) -> LockRecord:
+        return self.finished(lambda lock: created(lock) + timedelta(minutes=2))
+
+
 class CIWorld(World):
     """Worlds on the fake GitHub + GitLab REST API (devtools/fake_ci.py)."""
 
@@ -194,7 +212,7 @@ class ClaimsWorld(CIWorld):
         self.claims.put(Claim(who=lock.info.Who, **kw))  # type: ignore[union-attr]
 
 
-class ClaimsGitHub(ClaimsWorld):
+class ClaimsGitHub(FinishTimes, ClaimsWorld):
     kind = "claims-github"
     sources = frozenset({"claims", "github-claim"})
     expect = {"alive": ALIVE, "dead": DEAD, "unknown": UNKNOWN, "within_grace": ALIVE, "within_skew": UNKNOWN,
@@ -227,15 +245,6 @@ class ClaimsGitHub(ClaimsWorld):
         self.job(lock, 5001, "completed", at(lock))
         return lock
 
-    def dead(self) -> LockRecord:
-        return self.finished(lambda lock: created(lock) + timedelta(minutes=15))
-
-    def within_grace(self) -> LockRecord:
-        return self.finished(lambda lock: NOW - timedelta(minutes=2))
-
-    def within_skew(self) -> LockRecord:
-        return self.finished(lambda lock: created(lock) + timedelta(minutes=2))
-
     def unknown(self) -> LockRecord:
         return terraform_lock(f"runner@{self.runner}")  # no claim at all
 
@@ -247,7 +256,7 @@ class ClaimsGitHub(ClaimsWorld):
         return lock
 
 
-class ClaimsGitLab(ClaimsWorld):
+class ClaimsGitLab(FinishTimes, ClaimsWorld):
     kind = "claims-gitlab"
     sources = frozenset({"claims", "gitlab-claim"})
     expect = {"alive": ALIVE, "dead": DEAD, "unknown": UNKNOWN, "within_grace": ALIVE, "within_skew": UNKNOWN,
@@ -277,15 +286,6 @@ class ClaimsGitLab(ClaimsWorld):
         lock = self.claimed()
         self.job(lock, "success", at(lock))
         return lock
-
-    def dead(self) -> LockRecord:
-        return self.finished(lambda lock: created(lock) + timedelta(minutes=15))
-
-    def within_grace(self) -> LockRecord:
-        return self.finished(lambda lock: NOW - timedelta(minutes=2))
-
-    def within_skew(self) -> LockRecord:
-        return self.finished(lambda lock: created(lock) + timedelta(minutes=2))
 
     def unknown(self) -> LockRecord:
         return terraform_lock("gitlab-runner@ci-gl-01")
@@ -335,7 +335,7 @@ class GitHubRunners(CIWorld):
         return terraform_lock("alice@ci-07")  # a person's lock on the runner host (users: [runner])
 
 
-class GitHubRepos(CIWorld):
+class GitHubRepos(FinishTimes, CIWorld):
     """A rule maps ``tfstate/mapped/*`` to the workflow runs of acme/infra."""
 
     kind = "github-repos"
@@ -371,15 +371,6 @@ class GitHubRepos(CIWorld):
         self.run(901, "completed", created(lock) - timedelta(minutes=1), at(lock))
         return lock
 
-    def dead(self) -> LockRecord:
-        return self.finished(lambda lock: created(lock) + timedelta(minutes=15))
-
-    def within_grace(self) -> LockRecord:
-        return self.finished(lambda lock: NOW - timedelta(minutes=2))
-
-    def within_skew(self) -> LockRecord:
-        return self.finished(lambda lock: created(lock) + timedelta(minutes=2))
-
     def unknown(self) -> LockRecord:
         # contested: a live run that started after Created + clock_skew may hold it if the holder's clock lags
         lock = self.lock()
@@ -400,7 +391,7 @@ class GitHubRepos(CIWorld):
         return self.finished(lambda lock: created(lock) + timedelta(minutes=15), path="tfstate/other/app.tfstate")
 
 
-class GitLabProjectWorld(CIWorld):
+class GitLabProjectWorld(FinishTimes, CIWorld):
     """Project 44's jobs, named by a rule mapping or by the opted-in runner hostname."""
 
     checker = "gitlab-jobs"
@@ -425,15 +416,6 @@ class GitLabProjectWorld(CIWorld):
         lock = lock or self.lock()
         self.job(4401, "success", created(lock) - timedelta(minutes=1), at(lock))
         return lock
-
-    def dead(self) -> LockRecord:
-        return self.finished(lambda lock: created(lock) + timedelta(minutes=15))
-
-    def within_grace(self) -> LockRecord:
-        return self.finished(lambda lock: NOW - timedelta(minutes=2))
-
-    def within_skew(self) -> LockRecord:
-        return self.finished(lambda lock: created(lock) + timedelta(minutes=2))
 
     def unknown(self) -> LockRecord:
         lock = self.lock()  # contested: a live job that started after Created + clock_skew
