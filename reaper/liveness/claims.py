@@ -8,7 +8,9 @@
 - ``Provider`` (github / gitlab), ``ApiUrl``, ``Repo`` or ``Project``/``ProjectId``,
   ``RunId``/``PipelineId``, ``RunAttempt``, ``JobId``, ``JobName``, ``RunnerName``,
   ``StartedAt``, ``Url`` (a link for humans);
-- ``ExpiresAt`` (N): epoch seconds, the table's TTL attribute.
+- ``ExpiresAt`` (N): epoch seconds, the table's TTL attribute;
+- with ``lock-reaper run``, the lease attributes of ``reaper.liveness.lease_fields``
+  (``Provider`` is then ``none`` outside GitHub Actions and GitLab CI).
 
 The reaper joins a lock to the latest claim with the same ``Who`` made at or
 before the lock's ``Created``: from one consistent ``Scan`` of the (TTL-bounded)
@@ -28,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..aws import error_code, http_status
 from ..models import parse_created
+from .lease_fields import LeaseState
 
 log = logging.getLogger("reaper.liveness.claims")
 
@@ -62,6 +65,7 @@ class Claim(BaseModel):
     started_at: datetime | None = None
     url: str | None = None
     expires_at: int | None = None
+    lease: LeaseState | None = None  # written by ``lock-reaper run`` (reaper.liveness.lease_fields)
 
     # ---- DynamoDB mapping ------------------------------------------------
     def to_item(self) -> dict[str, Any]:
@@ -85,6 +89,8 @@ class Claim(BaseModel):
         for k, number in numbers.items():
             if number is not None:
                 item[k] = {"N": str(int(number))}
+        if self.lease is not None:
+            item.update(self.lease.to_item())
         return item
 
     @classmethod
@@ -115,6 +121,7 @@ class Claim(BaseModel):
             started_at=parse_created(started) if started else None,
             url=s("Url"),
             expires_at=n(TTL_ATTRIBUTE),
+            lease=LeaseState.from_item(item),
         )
 
     def describe(self) -> str:
@@ -123,6 +130,8 @@ class Claim(BaseModel):
             return f"GitHub {self.repo} run {self.run_id} attempt {self.run_attempt or 1}{job}"
         if self.provider == "gitlab":
             return f"GitLab {self.project or self.project_id} pipeline {self.run_id} job {self.job_id}"
+        if self.provider == "none":
+            return "a run outside GitHub Actions and GitLab CI" + (" (leased)" if self.lease else "")
         return f"{self.provider} claim"
 
 
