@@ -25,6 +25,13 @@ _RFC3339 = re.compile(
 DIGEST_SUFFIX = "-md5"
 
 
+def claim_time(at: datetime) -> str:
+    """RFC 3339 UTC with exactly 6 fractional digits: sortable as a string (claims and leases)."""
+    if at.tzinfo is None:
+        raise ValueError("claim times must be timezone-aware")
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def parse_created(value: str) -> datetime:
     """Parse Terraform's ``Created`` (RFC 3339, up to nanoseconds) into an aware UTC datetime."""
     m = _RFC3339.match(value)

@@ -23,13 +23,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..aws import error_code, http_status
-from ..models import parse_created
+from ..models import claim_time, parse_created
 from .lease_fields import LeaseState
 
 log = logging.getLogger("reaper.liveness.claims")
@@ -38,13 +38,6 @@ KEY_SCHEMA = [{"AttributeName": "Who", "KeyType": "HASH"}, {"AttributeName": "Cl
 ATTRIBUTE_DEFINITIONS = [{"AttributeName": "Who", "AttributeType": "S"}, {"AttributeName": "ClaimedAt", "AttributeType": "S"}]
 TTL_ATTRIBUTE = "ExpiresAt"
 DEFAULT_TTL = timedelta(days=7)
-
-
-def claim_time(at: datetime) -> str:
-    """RFC 3339 UTC with exactly 6 fractional digits: sortable as a string."""
-    if at.tzinfo is None:
-        raise ValueError("claim times must be timezone-aware")
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Claim(BaseModel):

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..models import parse_created
+from ..models import claim_time, parse_created
 
 LEASE_SECONDS = "LeaseSeconds"
 HEARTBEAT = "Heartbeat"
@@ -38,12 +38,6 @@ EXIT_CODE = "ExitCode"
 CONTAINMENT_KINDS = ("pdeathsig", "pidns", "subreaper", "poll")
 # what makes the command die with the wrapper (a subreaper only waits for orphans; it kills nothing)
 KILLS_WITH_WRAPPER = frozenset({"pdeathsig", "pidns", "poll"})
-
-
-def _time(at: datetime) -> str:
-    from .claims import claim_time  # claims imports this module
-
-    return claim_time(at)
 
 
 class LeaseState(BaseModel):
@@ -72,9 +66,9 @@ class LeaseState(BaseModel):
             FENCED: {"BOOL": self.fenced},
         }
         if self.heartbeat_at is not None:
-            item[HEARTBEAT_AT] = {"S": _time(self.heartbeat_at)}
+            item[HEARTBEAT_AT] = {"S": claim_time(self.heartbeat_at)}
         if self.ended_at is not None:
-            item[ENDED_AT] = {"S": _time(self.ended_at)}
+            item[ENDED_AT] = {"S": claim_time(self.ended_at)}
         if self.exit_code is not None:
             item[EXIT_CODE] = {"N": str(self.exit_code)}
         return item
