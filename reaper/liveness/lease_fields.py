@@ -12,6 +12,10 @@ with these attributes, then updates them in place:
   from ``CONTAINMENT_KINDS`` (``pdeathsig``, ``pidns``, ``subreaper``, ``poll``), or ``none``;
 - ``Fenced`` (BOOL): the wrapper stops the command before the lease can expire when it
   cannot renew (self-fencing);
+- ``Exclusive`` (BOOL): no other terraform/tofu process of this user was seen on this host
+  outside the wrapped group, at the start and at every renewal (sticky: once false, stays
+  false). A lock's ``Who`` names only user@host, so without it a plain ``terraform`` in
+  another terminal could be taken for the wrapped one: the lease then proves nothing dead;
 - ``EndedAt`` (S) and ``ExitCode`` (N): written once the whole child process group exited.
 
 A claim without ``LeaseSeconds`` has no lease (``LeaseState.from_item`` gives None).
@@ -32,6 +36,7 @@ HEARTBEAT = "Heartbeat"
 HEARTBEAT_AT = "HeartbeatAt"
 CONTAINMENT = "Containment"
 FENCED = "Fenced"
+EXCLUSIVE = "Exclusive"
 ENDED_AT = "EndedAt"
 EXIT_CODE = "ExitCode"
 
@@ -50,6 +55,7 @@ class LeaseState(BaseModel):
     heartbeat_at: datetime | None = None
     containment: tuple[str, ...] = ()
     fenced: bool = False
+    exclusive: bool = False
     ended_at: datetime | None = None
     exit_code: int | None = None
 
@@ -64,6 +70,7 @@ class LeaseState(BaseModel):
             HEARTBEAT: {"N": str(self.heartbeat)},
             CONTAINMENT: {"S": ",".join(self.containment) or "none"},
             FENCED: {"BOOL": self.fenced},
+            EXCLUSIVE: {"BOOL": self.exclusive},
         }
         if self.heartbeat_at is not None:
             item[HEARTBEAT_AT] = {"S": claim_time(self.heartbeat_at)}
@@ -90,14 +97,18 @@ class LeaseState(BaseModel):
             return int(text) if text not in (None, "") else None
 
         kinds = tuple(k for k in (s(CONTAINMENT) or "").split(",") if k and k != "none")
-        fenced = item.get(FENCED)
+        def b(k: str) -> bool:
+            v = item.get(k)
+            return bool(v.get("BOOL")) if isinstance(v, dict) else False
+
         hb_at, ended = s(HEARTBEAT_AT), s(ENDED_AT)
         return cls(
             seconds=int(raw["N"]),
             heartbeat=n(HEARTBEAT) or 0,
             heartbeat_at=parse_created(hb_at) if hb_at else None,
             containment=kinds,
-            fenced=bool(fenced.get("BOOL")) if isinstance(fenced, dict) else False,
+            fenced=b(FENCED),
+            exclusive=b(EXCLUSIVE),
             ended_at=parse_created(ended) if ended else None,
             exit_code=n(EXIT_CODE),
         )
