@@ -1,4 +1,4 @@
-"""Command line: ``lock-reaper`` (or ``python -m reaper``) ``{scan,reap,restore,validate,explain,claim}``.
+"""Command line: ``lock-reaper`` (or ``python -m reaper``) ``{scan,reap,restore,validate,explain,claim,run}``.
 
 Exit codes: 0 success, 1 a lock, store or alert errored (or restore refused),
 2 bad configuration or usage.
@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = add("claim", "in a CI job, before terraform: record which run will hold this machine's locks")
     claim_cli.add_arguments(sp, output_flags=False)  # --json and --quiet are the global flags
+    from .commands import run as run_cli
+
+    sp = sub.add_parser("run", help="run terraform (or any command) under a lease: lock-reaper run -- terraform apply",
+                        parents=after, description=run_cli.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run_cli.add_arguments(sp)
     return p
 
 
@@ -89,6 +94,10 @@ def main(argv: Sequence[str] | None = None, *, build: Callable[..., Any] | None 
         from .commands import claim as claim_cli
 
         return claim_cli.run(args, out, err)
+    if args.command == "run":  # wraps terraform; needs no policy file
+        from .commands import run as run_cli
+
+        return run_cli.run(args, err)
     try:  # validate only warns of a policy without stores; for a run it is an error
         policy, warnings = check_policy_file(args.config, env=os.environ, run=args.command != "validate")
     except ConfigError as exc:

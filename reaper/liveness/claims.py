@@ -147,8 +147,10 @@ def claim_from_env(
     now: datetime,
     ttl: timedelta = DEFAULT_TTL,
     overrides: Mapping[str, Any] | None = None,
+    allow_none: bool = False,
 ) -> Claim:
-    """Build the claim from the CI system's own variables (GITHUB_* or CI_*)."""
+    """Build the claim from the CI system's own variables (GITHUB_* or CI_*). With ``allow_none``
+    (``lock-reaper run``), outside GitHub Actions and GitLab CI: a ``provider="none"`` claim."""
     o = {k: v for k, v in (overrides or {}).items() if v is not None}
     expires = int((now + ttl).timestamp())
     provider = o.get("provider")
@@ -157,6 +159,8 @@ def claim_from_env(
             provider = "github"
         elif env.get("GITLAB_CI") == "true" or env.get("CI_JOB_ID"):
             provider = "gitlab"
+        elif allow_none:
+            provider = "none"
         else:
             raise ClaimError("not running in GitHub Actions or GitLab CI (no GITHUB_RUN_ID or CI_JOB_ID): "
                              "pass --provider and the ids")
@@ -192,6 +196,8 @@ def claim_from_env(
             run_id=o.get("run_id") or _int(env, "CI_PIPELINE_ID"), job_id=job_id, job_name=env.get("CI_JOB_NAME"),
             runner_name=env.get("CI_RUNNER_DESCRIPTION"), started_at=started, url=env.get("CI_JOB_URL"), expires_at=expires,
         )
+    if provider == "none" and allow_none:
+        return Claim(who=who, claimed_at=now, provider="none", started_at=now, expires_at=expires)
     raise ClaimError(f"unknown provider {provider!r}: use github or gitlab")
 
 
