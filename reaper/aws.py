@@ -8,7 +8,7 @@ settings (AWS_REGION, AWS_PROFILE, AWS_ENDPOINT_URL, ...) apply as usual.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 ClientFactory = Callable[..., Any]  # (service, region=None) -> a boto3 client
@@ -19,12 +19,42 @@ def client(service: str, region: str | None = None) -> Any:
     ``AWS_REGION`` (as on Lambda and in the AWS CLI; boto3 < 1.37 reads only the next one), else
     ``AWS_DEFAULT_REGION``, else the profile's."""
     import boto3
+
+    make: Any = boto3.client  # the stubs overload it per service name (a Literal); ours is any service
+    return make(service, region_name=_region(region), config=_config())
+
+
+def _config() -> Any:
     from botocore.config import Config
 
-    cfg = Config(retries={"mode": "adaptive", "max_attempts": 8}, connect_timeout=5, read_timeout=20)
-    make: Any = boto3.client  # the stubs overload it per service name (a Literal); ours is any service
-    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
-    return make(service, region_name=region, config=cfg)
+    return Config(retries={"mode": "adaptive", "max_attempts": 8}, connect_timeout=5, read_timeout=20)
+
+
+def _region(region: str | None) -> str | None:
+    return region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
+def credentials_client_factory(credentials: Mapping[str, Any], region: str | None = None) -> ClientFactory:
+    """A client factory like ``client`` whose clients sign with ``credentials`` (an STS ``Credentials``
+    answer: AccessKeyId, SecretAccessKey, SessionToken), e.g. an assumed role in another account.
+    ``region`` is the default for clients asked without one. Its own boto3 session: nothing global
+    changes, and factories of several accounts can be used side by side (a lock guards the session,
+    which is not thread-safe; the clients are)."""
+    import threading
+
+    import boto3
+
+    session: Any = boto3.session.Session(aws_access_key_id=credentials["AccessKeyId"],
+                                         aws_secret_access_key=credentials["SecretAccessKey"],
+                                         aws_session_token=credentials.get("SessionToken"))
+    guard = threading.Lock()
+    default = _region(region)
+
+    def make(service: str, region: str | None = None) -> Any:
+        with guard:
+            return session.client(service, region_name=region or default, config=_config())
+
+    return make
 
 
 # Every helper takes any exception: botocore's connection errors (EndpointConnectionError,

@@ -51,13 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", required=True, metavar="FILE", help="policy file (YAML)")
 
+    from .commands import accounts as accounts_cli
+
     sp = add("scan", "list every lock with its age and decision; never deletes, sends no alerts")
     common(sp)
     sp.add_argument("--wide", action="store_true", help="never cut table cells (they are cut only on a terminal)")
+    accounts_cli.add_arguments(sp)  # --role-arn, --accounts | --org, ...: one table across accounts
     sp = add("reap", "one cycle; deletes only in enforce mode")
     common(sp)
     sp.add_argument("--wide", action="store_true", help="never cut table cells (they are cut only on a terminal)")
     sp.add_argument("--enforce", action="store_true", help="delete stale locks in this run, whatever the policy's mode")
+    accounts_cli.add_arguments(sp)  # refused (see main), with a message that says why
     sp = add("restore", "put a reaped lock back from its audit record (never overwrites a lock)")
     common(sp)
     sp.add_argument("audit_ref", metavar="AUDIT_REF", help="s3://bucket/key or a local audit file path")
@@ -119,6 +123,13 @@ def main(argv: Sequence[str] | None = None, *, build: Callable[..., Any] | None 
         return _explain(policy, args, out, err)
     if args.command == "report":
         return _report(policy, args, out, err)
+    from .commands import accounts as accounts_cli
+
+    if accounts_cli.wanted(args):  # scan across accounts (reap: refused)
+        if args.command == "reap":
+            print(accounts_cli.REAP_REFUSED, file=err)
+            return EXIT_CONFIG
+        return accounts_cli.run(policy, args, out, err)
     return _cycle(policy, args, out, err, build)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -287,18 +288,24 @@ class RunReport(BaseModel):
         text = f"no locks found in {read} store{'s' if read != 1 else ''}"
         return text + (f" ({failed} could not be read)" if failed else "")
 
-    def _table_lines(self, width: int | None) -> list[str]:
+    def lock_table_lines(self, width: int | None = None, *, accounts: Sequence[str] | None = None) -> list[str]:
+        """The lock table alone (cells cut to ``width`` when given). ``accounts``, one per lock in order,
+        adds an ACCOUNT column first (``scan`` across accounts)."""
+        return self._table_lines(width, accounts)
+
+    def _table_lines(self, width: int | None, accounts: Sequence[str] | None = None) -> list[str]:
         def clip(text: str, n: int) -> str:
             return _clip(text, n) if width is not None else text.replace("\n", " ")
 
-        headers = ["STORE", "LOCK PATH", "LOCK ID", "OPERATION", "WHO", "AGE", "LIVENESS", "DECISION", "OUTCOME", "REASON"]
+        headers = (["ACCOUNT"] if accounts is not None else []) + [
+            "STORE", "LOCK PATH", "LOCK ID", "OPERATION", "WHO", "AGE", "LIVENESS", "DECISION", "OUTCOME", "REASON"]
         with_refs = any(_audit_refs(e) for e in self.locks)
         if with_refs:
             headers.append("AUDIT REF")
         rows = []
-        for e in self.locks:
+        for i, e in enumerate(self.locks):
             main, note = _main_reason(e)
-            row = [
+            row = ([accounts[i]] if accounts is not None else []) + [
                 " + ".join(t.store for t in e.targets) if e.targets else e.store,
                 clip(e.lock_path, 48),
                 e.lock_id[:8] or "-",
