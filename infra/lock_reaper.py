@@ -39,6 +39,7 @@ from .constructs import (
     nag_render,
 )
 from .constructs.function import bundled_code
+from .constructs.grants import state_objects_env
 from .settings import ReaperSettings
 
 __all__ = ["COUNT_ALARMS", "NAG", "LockReaper", "LockReaperProps", "nag_render"]
@@ -77,6 +78,7 @@ class LockReaper(Construct):
             run_state_table=self.run_state_table,
             namespace=self.namespace,
         )
+        env.update(state_objects_env(s))  # the state objects the role may read: no other is asked
         fn = ReaperFunction(self, s, props.code or bundled_code(props.project_root, props.policy_file), env)
         self.log_group, self.role, self.function = fn.log_group, fn.role, fn.function
         self.grants = fn.grant(

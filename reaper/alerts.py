@@ -3,7 +3,8 @@
 - SnsAlertSink: one message per run that reaped or raced anything, or hit the
   cap: a readable summary followed by the JSON report.
 - EventBridgeAlertSink: one event per reaped lock (source ``lock-reaper``,
-  detail-type ``Terraform Lock Reaped``).
+  detail-type ``Terraform Lock Reaped``), and one per late writer the watch found
+  (``Terraform Lock Late Writer``: a reaped lock whose holder wrote state after the reap).
 - MetricsAlertSink: Powertools Metrics (EMF) counts for every run.
 Each sink is quiet when there is nothing to say. Sinks are told in ascending
 ``order`` (``reaper.ports``): the metrics sink last.
@@ -20,18 +21,21 @@ from .report import METRIC_DURATION, RunReport
 
 SNS_MAX_BYTES = 256 * 1024
 DETAIL_TYPE_REAPED = "Terraform Lock Reaped"
+DETAIL_TYPE_LATE_WRITER = "Terraform Lock Late Writer"
 
 
 def needs_sns(report: RunReport) -> bool:
     return bool(report.count(Outcome.REAPED) or report.count(Outcome.RACED) or report.summary.cap_hit
-                or report.summary.double_lock_partial)
+                or report.summary.double_lock_partial or report.late_writers)
 
 
 def sns_message(report: RunReport) -> tuple[str, str]:
     """(subject, body) for the per-run SNS message; the body stays under SNS's limit."""
     s = report.summary
     subject = (
-        ("Lock Reaper: STATE STILL LOCKED (double lock half released), " if s.double_lock_partial else "Lock Reaper: ")
+        "Lock Reaper: "
+        + (f"LATE WRITER x{len(report.late_writers)} (a reaped lock's holder was alive), " if report.late_writers else "")
+        + ("STATE STILL LOCKED (double lock half released), " if s.double_lock_partial else "")
         + f"{report.count(Outcome.REAPED)} reaped, {report.count(Outcome.RACED)} raced"
         + (", delete cap hit" if s.cap_hit else "")
     )[:100]
@@ -75,9 +79,19 @@ class EventBridgeAlertSink:
 
     def publish(self, report: RunReport) -> str | None:
         reaped = [e for e in report.locks if e.outcome is Outcome.REAPED]
-        if not reaped:
+        if not reaped and not report.late_writers:
             return None
-        entries = [
+        late = [
+            {
+                "Source": self.source,
+                "DetailType": DETAIL_TYPE_LATE_WRITER,
+                "EventBusName": self.event_bus,
+                "Resources": [],
+                "Detail": json.dumps({"run_id": report.run_id, "mode": report.mode, **f.model_dump(mode="json")}),
+            }
+            for f in report.late_writers
+        ]
+        entries = late + [
             {
                 "Source": self.source,
                 "DetailType": DETAIL_TYPE_REAPED,

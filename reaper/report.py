@@ -34,6 +34,7 @@ METRICS = {
     "cap_hit": "DeleteCapHit",
     "digests_skipped": "DigestsSkipped",
     "double_lock_partial": "DoubleLockPartial",
+    "late_writers": "LateWriter",  # the late-writer watch (reaper/watch.py): a false reap; must stay zero
 }
 METRIC_DURATION = "RunDurationSeconds"
 METRIC_RUNS_SKIPPED = "RunsSkipped"  # a run that found another run's live lease (reaper/lease.py)
@@ -44,6 +45,8 @@ LOG_LOCK = "lock"  # one per lock worth a look: LockEntry.log_fields() (see Lock
 LOG_STORE_ERROR = "store error"  # one per failed store: store, error_code, error
 LOG_ALERT_ERROR = "alert error"  # one per failed alert sink: sink, error_code, error
 LOG_SKIPPED = "run skipped"  # a run that found a live lease: run_id, holder, expires_at
+LOG_LATE_WRITER = "late writer"  # one per late writer found by the watch: WatchFinding.log_fields()
+LOG_WATCH_UNKNOWN = "watch unknown"  # one per reaped lock whose state object the watch cannot read (once)
 
 
 class EvidenceOut(BaseModel):
@@ -135,6 +138,40 @@ class AlertResult(BaseModel):
     detail: str = ""
 
 
+class WatchFinding(BaseModel):
+    """The late-writer watch (reaper/watch.py) on one reaped lock: its state object was written after the reap
+    while no new lock was seen (``late_writer``), or it cannot be read (``unknown``, reported once)."""
+
+    status: Literal["late_writer", "unknown"]
+    store: str
+    key: str
+    lock_path: str
+    lock_id: str
+    who: str
+    state_object: str | None  # s3://bucket/key
+    reaped_at: str  # the reaper's clock
+    reaped_by: str  # the run that reaped it
+    audit_ref: str | None = None
+    detail: str
+    written_at: str | None = None  # S3's LastModified of the write after the reap (S3's clock)
+    at_reap: dict[str, str] = Field(default_factory=dict)  # etag / version_id / last_modified seen at the reap
+    now: dict[str, str] = Field(default_factory=dict)  # the same, as seen by this run
+
+    def log_fields(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class WatchSummary(BaseModel):
+    """What the watch did this run: items recorded, checked, resolved (a new lock seen) or expired."""
+
+    recorded: int = 0
+    checked: int = 0
+    resolved: int = 0
+    expired: int = 0
+    unknown: list[WatchFinding] = Field(default_factory=list)
+    error: str | None = None  # the watch itself could not run (its table unreadable): no finding, not a crash
+
+
 class Summary(BaseModel):
     locks_scanned: int = 0
     digests_skipped: int = 0
@@ -163,6 +200,10 @@ class RunReport(BaseModel):
     summary: Summary = Field(default_factory=Summary)
     # CI/AWS calls the liveness checkers made (reaper.http.client.ApiCounter.to_dict)
     liveness_api_calls: dict[str, Any] = Field(default_factory=dict)
+    status: Literal["completed", "skipped"] = "completed"  # skipped: another run held the run lease
+    skipped_reason: str | None = None
+    late_writers: list[WatchFinding] = Field(default_factory=list)  # set by the late-writer watch (reaper/watch.py)
+    watch: WatchSummary | None = None
 
     # ----- derived -------------------------------------------------------
     def count(self, outcome: Outcome) -> int:
@@ -223,6 +264,7 @@ class RunReport(BaseModel):
             METRICS["cap_hit"]: 1 if s.cap_hit else 0,
             METRICS["digests_skipped"]: s.digests_skipped,
             METRICS["double_lock_partial"]: s.double_lock_partial,
+            METRICS["late_writers"]: len(self.late_writers),
         }
 
     def summary_fields(self, status: Literal["completed", "skipped"] = "completed") -> dict[str, Any]:
@@ -237,6 +279,7 @@ class RunReport(BaseModel):
             "kept_unknown": self.summary.kept_unknown,
             "cap_hit": self.summary.cap_hit,
             "errors": self.errors,
+            "late_writers": len(self.late_writers),
             "stores": [{"name": st.name, "status": st.status, "items": st.items_scanned, "locks": st.locks,
                         **({"error_code": st.error_code} if st.error_code else {})} for st in self.stores],
             "alerts": {a.sink: a.status for a in self.alerts},
@@ -258,6 +301,8 @@ class RunReport(BaseModel):
             parts.append(f"delete cap {self.max_deletes_per_run} hit")
         if self.summary.double_lock_partial:
             parts.append(f"{self.summary.double_lock_partial} DOUBLE LOCKS HALF RELEASED (state still locked)")
+        if self.late_writers:
+            parts.append(f"{len(self.late_writers)} LATE WRITER(S): a reaped lock's holder wrote state after the reap")
         if self.summary.store_errors:
             parts.append(f"{self.summary.store_errors} store errors")
         if self.summary.alert_errors:
@@ -269,8 +314,12 @@ class RunReport(BaseModel):
 
         Cells are cut (at a word boundary, with an ellipsis) only when ``cut`` is set:
         the CLI sets it on a terminal without ``--wide``. Audit refs are never cut."""
-        lines = self._table_lines(width if cut else None) if self.locks else [self._no_locks()]
+        if self.status == "skipped":
+            lines = [f"run skipped: {self.skipped_reason or 'another run held the run lease'}"]
+        else:
+            lines = self._table_lines(width if cut else None) if self.locks else [self._no_locks()]
         lines.append("")
+        lines += watch_lines(self)
         for st in self.stores:
             if st.status == "error":
                 lines.append(f"STORE ERROR {st.name}: {st.error}")
@@ -334,6 +383,7 @@ class RunReport(BaseModel):
                 "those states are STILL LOCKED and need a person (see the entries marked double_lock_partial).",
                 "",
             ]
+        lines += watch_lines(self)
         for e in self.locks:
             if e.outcome in (Outcome.REAPED, Outcome.RACED, Outcome.GONE, Outcome.ERROR, Outcome.WOULD_REAP):
                 where = " + ".join(t.store for t in e.targets) if e.targets else e.store
@@ -348,6 +398,17 @@ class RunReport(BaseModel):
         if self.summary.cap_hit:
             lines.append(f"The cap of {self.max_deletes_per_run} deletes per run was hit: remaining stale locks were kept.")
         return "\n".join(lines)
+
+
+def watch_lines(report: RunReport) -> list[str]:
+    """The late-writer watch's findings, one line each (with the audit record), for the table and the SNS body."""
+    lines = [f"LATE WRITER: {f.store} {f.lock_path} (id {f.lock_id or '-'}, by {f.who or '-'}, reaped {f.reaped_at} "
+             f"by run {f.reaped_by}): {f.detail}; audit: {f.audit_ref or '-'}" for f in report.late_writers]
+    for f in report.watch.unknown if report.watch else ():
+        lines.append(f"watch unknown: {f.store} {f.lock_path} (id {f.lock_id or '-'}): {f.detail}")
+    if report.watch and report.watch.error:
+        lines.append(f"watch error: {report.watch.error}")
+    return lines + ([""] if lines else [])
 
 
 def _clip(s: str, n: int) -> str:

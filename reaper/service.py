@@ -6,13 +6,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .aws import cause_code
 from .policy import load_policy
-from .report import LOG_SKIPPED, LOG_SUMMARY, METRIC_RUNS_SKIPPED, RunReport
+from .report import LOG_ALERT_ERROR, LOG_SKIPPED, LOG_SUMMARY, METRIC_RUNS_SKIPPED, RunReport
+from .runs import RunReports
 
 log = logging.getLogger("reaper.service")
 
@@ -44,7 +46,7 @@ def run_scheduled(event: Mapping[str, Any] | None, env: Mapping[str, str], metri
             for e in exc.errors()
         )
         raise InvalidEvent(f"invalid event: {problems}") from None
-    from .wiring import build_lease, build_run_sinks
+    from .wiring import build_lease, build_run_reports, build_run_sinks
 
     policy = load_policy(env.get("REAPER_POLICY_FILE", DEFAULT_POLICY), env=env)
     deps = Deps(env=env)  # tokens from the invocation's env
@@ -55,7 +57,8 @@ def run_scheduled(event: Mapping[str, Any] | None, env: Mapping[str, str], metri
     if lease is not None:
         held = lease.acquire(reaper.run_id)
         if held is not None:
-            return _skipped(reaper.run_id, mode, reaper.clock().isoformat(), held.describe(time.time()), metrics)
+            return _skipped(reaper.run_id, mode, reaper.clock().isoformat(), held.describe(time.time()), metrics,
+                            build_run_reports(policy, deps))
     try:
         report = reaper.run(mode=mode)
     finally:
@@ -65,10 +68,19 @@ def run_scheduled(event: Mapping[str, Any] | None, env: Mapping[str, str], metri
     return {**report.model_dump(mode="json"), "status": "completed"}
 
 
-def _skipped(run_id: str, mode: Literal["report", "enforce"], at: str, why: str, metrics: Any) -> dict[str, Any]:
-    """Another run holds the lease: nothing scanned, a ``skipped`` report, the RunsSkipped metric."""
-    report = RunReport(run_id=run_id, mode=mode, started_at=at, finished_at=at, duration_seconds=0.0, max_deletes_per_run=0)
+def _skipped(run_id: str, mode: Literal["report", "enforce"], at: str, why: str, metrics: Any,
+             kept: Sequence[RunReports] = ()) -> dict[str, Any]:
+    """Another run holds the lease: nothing scanned, a ``skipped`` report (kept like any run's, so that
+    ``report latest`` shows it, with who holds the lease), the RunsSkipped metric."""
+    report = RunReport(run_id=run_id, mode=mode, started_at=at, finished_at=at, duration_seconds=0.0, max_deletes_per_run=0,
+                       status="skipped", skipped_reason=why)
     log.warning(LOG_SKIPPED, extra={"run_id": run_id, "mode": mode, "reason": why})
+    for store in kept:
+        try:
+            store.write(report)
+        except Exception as exc:  # the skip is still logged and counted
+            log.error(LOG_ALERT_ERROR, extra={"run_id": run_id, "sink": "run_report", "error_code": cause_code(exc),
+                                              "error": f"{type(exc).__name__}: {exc}"})
     log.info(LOG_SUMMARY, extra=report.summary_fields(status="skipped"))
     if metrics is not None:
         from aws_lambda_powertools.metrics import MetricUnit

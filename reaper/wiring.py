@@ -43,7 +43,7 @@ from .liveness.gitlab import GitLabApi, GitLabClaimVerifier, GitLabJobsChecker
 from .liveness.hcp_runs import HCPRunChecker
 from .liveness.state_activity import StateActivityChecker
 from .policy import Policy
-from .policy.env import LEASE_SECONDS, LEASE_TABLE
+from .policy.env import LEASE_SECONDS, LEASE_TABLE, StateObjectGrants
 from .policy.liveness import GitHubProvider, GitLabProvider, Provider
 from .policy.schema import DynamoDBStoreConfig, GitLabStateStoreConfig, HCPStoreConfig, S3StoreConfig, StoreConfig
 from .ports import AlertSink, AuditSink, Checker, ClaimVerifier, Clock, LivenessChecker, LockStore
@@ -52,6 +52,7 @@ from .stores.dynamodb import DynamoDBLockStore
 from .stores.gitlab_state import GitLabStateStore
 from .stores.hcp import HCPWorkspaceStore
 from .stores.s3 import S3LockFileStore
+from .watch import RunWatch, StateObjects, WatchTable
 
 
 def utc_now() -> datetime:
@@ -214,7 +215,8 @@ def _liveness(run: _Run, stores: list[LockStore], own_checkers: list[Checker]) -
     if found.gitlab:
         checkers.append(GitLabJobsChecker(found.gitlab, policy, own))
     if cfg.state_activity.enabled:
-        checkers.append(StateActivityChecker(f("s3"), cfg.state_activity.window, run.counter))
+        checkers.append(StateActivityChecker(f("s3"), cfg.state_activity.window, run.counter,
+                                             grants=StateObjectGrants.from_env(run.deps.env)))
     return CompositeChecker([*checkers, *own_checkers], run.counter)
 
 
@@ -289,10 +291,16 @@ def build_run_reports(policy: Policy, deps: Deps | None = None) -> list[RunRepor
 
 
 def build_run_sinks(policy: Policy, deps: Deps | None = None) -> list[AlertSink]:
-    """The sinks a scheduled run adds: the report-mode digest (opt-in), then the kept run report."""
+    """The sinks a scheduled run adds: the late-writer watch (with the run-state table), the report-mode
+    digest (opt-in), then the kept run report."""
     deps = deps or Deps.default()
     kept = build_run_reports(policy, deps)
     sinks: list[AlertSink] = []
+    table = deps.env.get(LEASE_TABLE)
+    if table:
+        f = deps.client_factory
+        sinks.append(RunWatch(WatchTable(f("dynamodb"), table), StateObjects(f("s3")),
+                              StateObjectGrants.from_env(deps.env), policy.clock_skew, deps.clock))
     a = policy.alerts
     if a.digest.enabled and a.sns_topic_arn and kept:
         sinks.append(DigestSink(deps.client_factory("sns", a.sns_topic_arn.split(":")[3]), a.sns_topic_arn, kept[0],

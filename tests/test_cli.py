@@ -301,7 +301,8 @@ def test_json_report_is_stable(ddb: Any, tmp_path: Path) -> None:
         docs.append(doc)
     assert docs[0] == docs[1] == docs[2]
     assert list(docs[0]) == ["mode", "started_at", "finished_at", "duration_seconds", "max_deletes_per_run", "stores",
-                             "locks", "alerts", "summary", "liveness_api_calls"]
+                             "locks", "alerts", "summary", "liveness_api_calls", "status", "skipped_reason",
+                             "late_writers", "watch"]
     keys = [(e["store"], e["lock_path"]) for e in docs[0]["locks"]]
     assert keys == sorted(keys), "locks are listed in a stable order"
 

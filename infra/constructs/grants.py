@@ -17,6 +17,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 
 from reaper.policy import Policy
+from reaper.policy import env as reaper_env
 
 from ..settings import ReaperSettings, StateBucket
 from .nag import acknowledge, nag_render
@@ -75,8 +76,11 @@ class RoleGrants:
         self.statement("ClaimsQuery", ["dynamodb:Query", "dynamodb:Scan"], [table.table_arn])
 
     def run_state(self, table: dynamodb.ITable) -> None:
-        """Run state: take (conditional put), read and release the run lease, in the stack's own table only."""
+        """Run state: take (conditional put), read and release the run lease, in the stack's own table only;
+        with state objects granted, list the late-writer watch items (``watch#``; written with the same put/delete)."""
         self.statement("RunLease", ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], [table.table_arn])
+        if self.settings.state_activity_granted:
+            self.statement("RunWatch", ["dynamodb:Scan"], [table.table_arn])
 
     def state_buckets(self) -> None:
         """State buckets: list, then read and conditionally delete lock files only (and head state objects)."""
@@ -104,9 +108,18 @@ class RoleGrants:
             self.statement("StateObjectsHead", ["s3:GetObject"], state_objects)
             self.ack_resources(
                 state_objects,
-                "State-activity liveness reads object metadata (HeadObject needs s3:GetObject) of *.tfstate keys "
-                "only; enabled by the state_activity_evidence context flag.",
+                "State-activity liveness and the late-writer watch read object metadata (HeadObject needs "
+                "s3:GetObject) of *.tfstate keys only; enabled by the state_activity_evidence context flag.",
             )
+            # The late-writer watch lists one state key's versions (ListObjectVersions, Prefix = the key): only
+            # for *.tfstate prefixes, one statement per bucket (each bucket has its own prefixes).
+            for i, b in enumerate(self.settings.state_buckets):
+                self.statement(
+                    f"StateObjectVersions{i}",
+                    ["s3:ListBucketVersions"],
+                    [self.bucket_arn(b)],
+                    {"StringLike": {"s3:prefix": [f"{p}*{STATE_FILE_SUFFIX}" for p in (b.prefixes or [""])]}},
+                )
 
     def named_keys(self) -> None:
         """Customer keys of SSE-KMS state buckets and secrets."""
@@ -168,3 +181,12 @@ class RoleGrants:
             "Only for xray:PutTraceSegments and xray:PutTelemetryRecords (active tracing), "
             "which support no resource-level permissions.",
         )
+
+
+def state_objects_env(settings: ReaperSettings) -> dict[str, str]:
+    """``REAPER_STATE_OBJECTS``: the state objects the role may read (``StateObjectsHead``), so that the function
+    asks about no other (no AccessDenied every run); ``none`` without the grant."""
+    if not settings.state_activity_granted:
+        return {reaper_env.STATE_OBJECTS: reaper_env.NO_STATE_OBJECTS}
+    granted = [f"{b.bucket}/{p}" for b in settings.state_buckets for p in (b.prefixes or [""])]
+    return {reaper_env.STATE_OBJECTS: ",".join(granted)}

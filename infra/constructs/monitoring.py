@@ -46,6 +46,11 @@ COUNT_ALARMS: dict[str, tuple[str, str]] = {
         "DoubleLockPartial",
         "A double lock (S3 file + DynamoDB item) was released in one store only: the state is still locked.",
     ),
+    "late_writers": (
+        "LateWriter",
+        "A reaped lock's holder wrote its state after the reap, with no new lock seen: the holder was alive (a "
+        "false reap). Find the run report's late_writers entry and its audit record; see docs/late-writer.md.",
+    ),
 }
 
 
@@ -61,7 +66,7 @@ class Monitoring:
         namespace: str,
         function: lambda_.Function,
         dlq: sqs.IQueue,
-        topic: sns.ITopic,
+        topic: sns.ITopic | None,
         log_group: logs.ILogGroup,
         lock_tables: Sequence[tuple[str, str | None]] = (),
     ) -> None:
@@ -70,7 +75,7 @@ class Monitoring:
         self.function = function
         self.log_group = log_group
         self.lock_tables = list(lock_tables)
-        self.action = cw_actions.SnsAction(topic)
+        self.action = cw_actions.SnsAction(topic) if topic is not None else None  # no topic: the alarms only change state
         self.alarms: dict[str, cw.Alarm] = {}
         self._add_alarms(dlq)
         self.dashboard = self._dashboard()
@@ -99,7 +104,8 @@ class Monitoring:
             datapoints_to_alarm=1,
             treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
         )
-        alarm.add_alarm_action(self.action)
+        if self.action is not None:
+            alarm.add_alarm_action(self.action)
         self.alarms[alarm_id] = alarm
         return alarm
 

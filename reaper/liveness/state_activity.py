@@ -16,6 +16,7 @@ from typing import Any
 from ..aws import error_code, http_status
 from ..durations import format_duration
 from ..models import LivenessFact, LockRecord
+from ..policy.env import StateObjectGrants
 from .facts import alive, created_at, ev, unknown
 
 S3_STORES = ("dynamodb:", "s3:")
@@ -31,10 +32,12 @@ def split_lock_path(lock_path: str) -> tuple[str, str] | None:
 class StateActivityChecker:
     name = "state-activity"
 
-    def __init__(self, s3: Any, window: timedelta = timedelta(minutes=10), counter: Any = None):
+    def __init__(self, s3: Any, window: timedelta = timedelta(minutes=10), counter: Any = None,
+                 grants: StateObjectGrants | None = None):
         self.s3 = s3
         self.window = window
         self.counter = counter
+        self.grants = grants  # None: any state object may be asked (the CLI); else only these (the stack's grant)
         self._denied: dict[str, str] = {}  # bucket -> error: one refusal per bucket per run
         self._lock = threading.Lock()
 
@@ -50,6 +53,9 @@ class StateActivityChecker:
             return None
         bucket, key = where
         url = f"s3://{bucket}/{key}"
+        if self.grants is not None and not self.grants.allows(bucket, key):  # no AccessDenied every run: not asked
+            detail = f"not granted: the function may read only {self.grants.describe()}"
+            return unknown(src, f"state object {url}: {detail}", ev(src, detail, url, "not_granted"))
         with self._lock:
             denied = self._denied.get(bucket)
         if denied:

@@ -118,4 +118,17 @@ def rule_warnings(data: Mapping[str, Any], root: yaml.Node | None) -> list[Probl
             found.append(Problem(find(root, ("rules", j)), f"rules[{j}]",
                                  f"rule {label!r} can never match: {earlier} before it matches every lock it matches "
                                  "(first match wins)"))
-    return found
+    return found + alert_warnings(data, root)
+
+
+def alert_warnings(data: Mapping[str, Any], root: yaml.Node | None) -> list[Problem]:
+    """An alert that is switched on but can never be sent: the digest without an SNS topic."""
+    alerts = data.get("alerts")
+    alerts = alerts if isinstance(alerts, Mapping) else {}
+    digest = alerts.get("digest")
+    if isinstance(digest, Mapping) and digest.get("enabled") is True and not alerts.get("sns_topic_arn"):
+        line = find(root, ("alerts", "digest", "enabled")) or find(root, ("alerts", "digest"))
+        return [Problem(line, "alerts.digest.enabled",
+                        "true, but no SNS topic is set (alerts.sns_topic_arn, or REAPER_SNS_TOPIC_ARN as the stack "
+                        "sets it): no digest will be sent")]
+    return []

@@ -6,6 +6,8 @@ The stack (infra/) sets these on the function; the policy loader writes the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 POLICY_FILE = "REAPER_POLICY_FILE"  # where the function finds the shipped policy file
 AUDIT_BUCKET = "REAPER_AUDIT_BUCKET"
 SNS_TOPIC_ARN = "REAPER_SNS_TOPIC_ARN"
@@ -18,6 +20,13 @@ LEASE_SECONDS = "REAPER_LEASE_SECONDS"  # the lease's lifetime: the function tim
 # "false" when the stack grants no HeadObject on state objects (context.reaper.state_activity_evidence
 # off, or no state buckets): the deployed function then never asks, instead of being refused every run.
 STATE_ACTIVITY_ENABLED = "REAPER_STATE_ACTIVITY_ENABLED"
+# The state objects the role may read (HeadObject; ListObjectVersions), as the stack grants them:
+# comma-separated ``<bucket>/<key prefix>`` (the prefix may be empty), each meaning the keys
+# ``<prefix>*.tfstate`` of that bucket; ``none`` (or empty): none. Unset (the CLI, with the operator's own
+# role): every state object may be asked. State activity and the late-writer watch ask no other.
+STATE_OBJECTS = "REAPER_STATE_OBJECTS"
+STATE_OBJECT_SUFFIX = ".tfstate"
+NO_STATE_OBJECTS = "none"
 
 # Environment variables the deployed Lambda uses to learn the resources the
 # stack created, so the operators' policy file need not hard-code ARNs.
@@ -29,3 +38,31 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     CLAIMS_TABLE: ("liveness", "claims", "table"),
     STATE_ACTIVITY_ENABLED: ("liveness", "state_activity", "enabled"),
 }
+
+
+class StateObjectGrants:
+    """Which state objects the function may read, from ``REAPER_STATE_OBJECTS`` (see there)."""
+
+    def __init__(self, grants: list[tuple[str, str]]):
+        self.grants = grants
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> StateObjectGrants | None:
+        """None when the variable is unset: no limit (the CLI)."""
+        value = env.get(STATE_OBJECTS)
+        if value is None:
+            return None
+        grants: list[tuple[str, str]] = []
+        if value.strip() == NO_STATE_OBJECTS:
+            return cls(grants)
+        for part in (p.strip() for p in value.split(",")):
+            bucket, _, prefix = part.partition("/")
+            if bucket:
+                grants.append((bucket, prefix))
+        return cls(grants)
+
+    def allows(self, bucket: str, key: str) -> bool:
+        return key.endswith(STATE_OBJECT_SUFFIX) and any(b == bucket and key.startswith(p) for b, p in self.grants)
+
+    def describe(self) -> str:
+        return ", ".join(f"s3://{b}/{p}*{STATE_OBJECT_SUFFIX}" for b, p in self.grants) or "none"

@@ -74,6 +74,8 @@ def test_function_environment(synth):
         "REAPER_CLAIMS_TABLE": "${" + ids["claims"] + "}",
         "REAPER_LEASE_TABLE": "${" + ids["run_state"] + "}",
         "REAPER_LEASE_SECONDS": str(14 * 60),
+        # the state objects the role may read (StateObjectsHead): state activity and the watch ask no other
+        "REAPER_STATE_OBJECTS": "tf-state-a/,tf-state-b/env:/,tf-state-b/teams/",
         "POWERTOOLS_SERVICE_NAME": METRIC_SERVICE,
         "POWERTOOLS_METRICS_NAMESPACE": synth.stack.reaper.namespace,
     }
@@ -149,7 +151,13 @@ def test_lambda_role_statements_are_exactly_the_named_grants(synth):
             ["${" + ids["run_state"] + ".Arn}"],
             None,
         ),
+        "RunWatch": (["dynamodb:Scan"], ["${" + ids["run_state"] + ".Arn}"], None),
         "ListStateBuckets": (["s3:ListBucket"], [f"{s3}tf-state-a", f"{s3}tf-state-b"], None),
+        # the late-writer watch: one state key's versions, *.tfstate prefixes only, per bucket
+        "StateObjectVersions0": (["s3:ListBucketVersions"], [f"{s3}tf-state-a"],
+                                 {"StringLike": {"s3:prefix": ["*.tfstate"]}}),
+        "StateObjectVersions1": (["s3:ListBucketVersions"], [f"{s3}tf-state-b"],
+                                 {"StringLike": {"s3:prefix": ["env:/*.tfstate", "teams/*.tfstate"]}}),
         "StateLockFiles": (
             ["s3:DeleteObject", "s3:GetObject"],
             sorted([f"{s3}tf-state-a/*.tflock", f"{s3}tf-state-b/env:/*.tflock", f"{s3}tf-state-b/teams/*.tflock"]),
@@ -241,6 +249,7 @@ def test_alarms_cover_the_failure_modes_and_notify_the_topic(synth):
         (ns, METRICS["alive_past_hard_max"]),
         (ns, METRICS["errors"]),
         (ns, METRICS["double_lock_partial"]),
+        (ns, METRICS["late_writers"]),
     ]
     for key in required:
         assert key in by_metric, f"no alarm on {key}"
@@ -424,7 +433,8 @@ def test_run_state_table(synth):
     arn = "${" + ids["run_state"] + ".Arn}"
     users = [st for st in statements(synth.template) if arn in [render(r) for r in as_list(st["Resource"])]]
     assert [(st["Sid"], sorted(as_list(st["Action"])), len(as_list(st["Resource"]))) for st in users] == [
-        ("RunLease", ["dynamodb:DeleteItem", "dynamodb:GetItem", "dynamodb:PutItem"], 1)
+        ("RunLease", ["dynamodb:DeleteItem", "dynamodb:GetItem", "dynamodb:PutItem"], 1),
+        ("RunWatch", ["dynamodb:Scan"], 1),  # the late-writer watch lists its watch# items (state objects granted)
     ]
 
 
