@@ -306,7 +306,7 @@ def _explain(policy: Policy, args: argparse.Namespace, out, err) -> int:
     from .commands.explain import explain_lock, render, to_json
     from .wiring import Deps, build_components
 
-    deps = Deps.default()
+    deps = Deps.default(observe=False)  # explain reads the lease observations, never records them
     try:  # the stores and checkers a run builds (the HCP run checker too): explain shows what a run decides
         parts = build_components(policy, deps, sinks=False)
     except Exception as exc:

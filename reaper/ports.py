@@ -9,6 +9,7 @@ the Lambda passes boto3- and urllib3-backed ones.
 - ``LivenessChecker``: what the engine asks about a candidate (the composite).
 - ``Checker``: one kind of evidence inside the composite.
 - ``ClaimVerifier``: asks a claim's CI provider about the claimed job.
+- ``LeaseObservations``: the reaper's own sightings of leases, kept between runs.
 - ``AuditSink``: the durable record written before a delete.
 - ``AlertSink``: told about a finished run, in the order of its ``order``.
 """
@@ -24,6 +25,7 @@ from .models import DeleteResult, LivenessFact, LockRecord
 
 if TYPE_CHECKING:  # the report and the claim are only named in signatures
     from .liveness.claims import Claim
+    from .liveness.lease_observations import Observation
     from .report import RunReport
 
 Clock = Callable[[], datetime]
@@ -121,6 +123,18 @@ class ClaimVerifier(Protocol):
     provider_type: str
 
     def verify(self, claim: Claim, lock: LockRecord, now: datetime) -> LivenessFact: ...
+
+
+@runtime_checkable
+class LeaseObservations(Protocol):
+    """What the reaper saw of each lease in its earlier runs (``reaper.liveness.lease_observations``)."""
+
+    table: str
+
+    def get(self, key: str) -> Observation | None: ...
+
+    def put(self, key: str, obs: Observation, expires_at: int, previous: Observation | None) -> bool:
+        """Record ``obs`` only if the stored item is still ``previous``; False when another run changed it."""
 
 
 @runtime_checkable

@@ -41,6 +41,8 @@ from .liveness.composite import ClaimsChecker, CompositeChecker
 from .liveness.github import GITHUB_HEADERS, GitHubApi, GitHubClaimVerifier, GitHubReposChecker, GitHubRunnersChecker
 from .liveness.gitlab import GitLabApi, GitLabClaimVerifier, GitLabJobsChecker
 from .liveness.hcp_runs import HCPRunChecker
+from .liveness.lease import LeaseChecker
+from .liveness.lease_observations import LeaseObservationStore
 from .liveness.state_activity import StateActivityChecker
 from .policy import Policy
 from .policy.env import LEASE_SECONDS, LEASE_TABLE, StateObjectGrants
@@ -70,6 +72,7 @@ class Deps:
     clock: Clock = field(default_factory=lambda: utc_now)  # read when the Deps is made (tests patch utc_now)
     sleep: Callable[[float], None] = time.sleep
     env: Mapping[str, str] = field(default_factory=lambda: os.environ)  # token_env variables
+    observe: bool = True  # False (explain): the lease checker reads its observations, never records them
 
     @classmethod
     def default(cls, **overrides: Any) -> Deps:
@@ -209,6 +212,8 @@ def _liveness(run: _Run, stores: list[LockStore], own_checkers: list[Checker]) -
     if cfg.claims is not None:
         claims = ClaimStore(f("dynamodb", cfg.claims.region), cfg.claims.table, run.counter)
         checkers.append(ClaimsChecker(claims, found.verifiers, found.api_urls))
+        if cfg.leases.enabled:  # the same ClaimStore: one claims-table scan per run answers both
+            checkers.append(_lease_checker(run, claims, own))
     checkers.extend(found.runners)
     if found.github_repos and any(r.liveness and r.liveness.github_repos for r in policy.rules):
         checkers.append(GitHubReposChecker(found.github_repos, policy, own))
@@ -218,6 +223,28 @@ def _liveness(run: _Run, stores: list[LockStore], own_checkers: list[Checker]) -
         checkers.append(StateActivityChecker(f("s3"), cfg.state_activity.window, run.counter,
                                              grants=StateObjectGrants.from_env(run.deps.env)))
     return CompositeChecker([*checkers, *own_checkers], run.counter)
+
+
+def _lease_checker(run: _Run, claims: ClaimStore, own: frozenset[str]) -> LeaseChecker:
+    """Leases; their observations in ``liveness.leases.observations_table``, else the run-state table."""
+    leases, env = run.policy.liveness.leases, run.deps.env
+    table = leases.observations_table or env.get(LEASE_TABLE)
+    store = LeaseObservationStore(run.deps.client_factory("dynamodb", leases.region), table) if table else None
+    function = env.get("AWS_LAMBDA_FUNCTION_NAME")
+    observer = f"lambda:{function}" if function else f"cli:{_who()}"
+    return LeaseChecker(claims, store, grace=run.policy.liveness.grace, skew=run.policy.clock_skew, own=own,
+                        record=run.deps.observe, observer=observer)
+
+
+def _who() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in this environment
+        user = "?"
+    return f"{user}@{socket.gethostname()}"
 
 
 def _provider(p: Provider, run: _Run, found: _Evidence, own: frozenset[str]) -> None:

@@ -11,9 +11,11 @@ import json
 from datetime import datetime
 from typing import Any
 
+from ..aws import error_code
 from ..decision import decide
 from ..durations import format_duration
 from ..liveness.composite import CompositeChecker, Detailed
+from ..liveness.lease import LeaseChecker, lease_summary
 from ..models import LockRecord
 from ..policy.schema import Policy
 from ..ports import LockStore
@@ -71,9 +73,42 @@ def explain_lock(lock: LockRecord, policy: Policy, liveness: CompositeChecker | 
         "decision": {"action": final.action.value, "reasons": list(final.reasons), "flags": sorted(f.value for f in final.flags)},
         "mode": policy.mode,
     }
+    lease = _lease(lock, liveness) if detailed is not None else None
+    if lease is not None:
+        doc["lease"] = lease
     if liveness is not None:
         doc["api_calls"] = liveness.stats()
     return doc
+
+
+def _lease(lock: LockRecord, liveness: CompositeChecker | None) -> dict[str, Any] | None:
+    """The lease of the lock's claim and the reaper's observations of it (read, never recorded)."""
+    for checker in liveness.checkers if liveness is not None else []:
+        if isinstance(checker, LeaseChecker):
+            try:
+                claim, seen = checker.observation(lock)
+            except Exception as exc:
+                return {"error": f"cannot read the lease: {error_code(exc)}"}
+            return lease_summary(claim, seen) if claim is not None and claim.lease is not None else None
+    return None
+
+
+def _render_lease(doc: dict[str, Any]) -> list[str]:
+    if "error" in doc:
+        return [f"lease      {doc['error']}"]
+    out = [f"lease      {doc['summary']}"]
+    obs = doc.get("observations") or {}
+    if obs.get("store") == "none":
+        out.append(f"seen       nothing kept: {obs['why_none']}")
+    elif obs.get("store") == "error":
+        out.append(f"seen       the observations store failed ({obs['error']})")
+    elif obs.get("counter") is None:
+        out.append("seen       never by the reaper (the next run records its first sighting)")
+    else:
+        by = f" by {obs['observer']}" if obs.get("observer") else ""
+        ended = f"; exit first seen {obs['ended_seen_at']}" if obs.get("ended_seen_at") else ""
+        out.append(f"seen       counter {obs['counter']} first seen {obs['first_seen_at']}{by}{ended}")
+    return out
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -108,6 +143,8 @@ def render(doc: dict[str, Any]) -> str:
                 out.append(f"  {'':<15}   - {' '.join(bits)}")
                 if e.get("url"):
                     out.append(f"  {'':<15}     {e['url']}")
+    if doc.get("lease"):
+        out.extend(_render_lease(doc["lease"]))
     if doc["liveness"]:
         out.append(f"liveness   {doc['liveness']['state']}")
     d = doc["decision"]

@@ -177,6 +177,19 @@ class HttpConfig(_Strict):
     ca_bundle: str | None = Field(default=None, description="PEM file of extra CAs (self-hosted GitHub/GitLab)")
 
 
+class LeasesConfig(_Strict):
+    """Evidence ``lease``: the leases ``lock-reaper run`` keeps in its claims (needs ``claims``)."""
+
+    enabled: bool = True
+    observations_table: str | None = Field(
+        default=None, min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="where the reaper keeps what it saw of each lease between runs (lease# items, partition key "
+                    "pk, TTL expires_at); default: the run-state table (REAPER_LEASE_TABLE); with none, a stopped "
+                    "heartbeat is never dead",
+    )
+    region: str | None = None
+
+
 class LivenessConfig(_Strict):
     grace: Duration = Field(default=timedelta(minutes=5), description="after the CI system's completed_at")
     max_run_duration: LongDuration = Field(
@@ -188,6 +201,7 @@ class LivenessConfig(_Strict):
     claims: ClaimsConfig | None = None
     providers: list[Provider] = Field(default_factory=list)
     state_activity: StateActivityConfig = StateActivityConfig()
+    leases: LeasesConfig = LeasesConfig()
     http: HttpConfig = HttpConfig()
     secret_max_age: Duration = Field(default=timedelta(minutes=5), description="how long a fetched secret is cached")
 

@@ -1,0 +1,448 @@
+"""Evidence ``lease`` (issue 12): the lease ``lock-reaper run`` keeps in its claim, and what the reaper saw of it.
+
+Unit tests run the checker as a run builds it (``reaper.wiring.build_liveness`` from a policy
+document) against moto DynamoDB: the claims table and the run-state table that keeps the
+reaper's observations. Every rule has a test that shows the live lock it protects: the
+answer would be dead (the lock reaped) without it. The real Terraform scenarios of the
+issue are at the end of this file.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+
+from devtools.locks import create_claims_table, info_json
+from reaper.liveness.claims import Claim, ClaimStore
+from reaper.liveness.composite import Answer, CompositeChecker, combine
+from reaper.liveness.facts import dead as dead_fact
+from reaper.liveness.lease_fields import LeaseState
+from reaper.liveness.lease_observations import KEY_PREFIX, LeaseObservationStore, Observation, observation_key
+from reaper.models import Liveness, LivenessFact, LockInfo, LockRecord
+from reaper.policy import ConfigError, parse_policy
+
+ALIVE, DEAD, UNKNOWN = Liveness.ALIVE, Liveness.DEAD, Liveness.UNKNOWN
+CLAIMS, RUN_STATE = "lease-claims", "run-state"
+WHO = "deploy@build-host-3"
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)  # the lock's Created
+LEASE = 60  # seconds
+GRACE = timedelta(minutes=2)
+SKEW = timedelta(minutes=1)
+
+
+def create_run_state_table(ddb: Any, name: str = RUN_STATE) -> None:
+    ddb.create_table(TableName=name, AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}], BillingMode="PAY_PER_REQUEST")
+
+
+def policy_doc(**leases: Any) -> dict[str, Any]:
+    return {"mode": "report", "clock_skew": "1m", "rules": [{"match": "*", "max_age": "1h"}],
+            "liveness": {"grace": "2m", "claims": {"table": CLAIMS}, "state_activity": {"enabled": False},
+                         **({"leases": leases} if leases else {})}}
+
+
+class FailingDynamoDB:
+    """moto's client; GetItem or PutItem fail on demand as botocore reports it."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.fail: dict[str, int] = {}
+
+    def _maybe_fail(self, op: str) -> None:
+        if op in self.fail:
+            from botocore.exceptions import ClientError
+
+            status = self.fail[op]
+            code = {400: "AccessDeniedException", 500: "InternalServerError"}.get(status, "ThrottlingException")
+            raise ClientError({"Error": {"Code": code, "Message": "injected"},  # type: ignore[typeddict-item]
+                               "ResponseMetadata": {"HTTPStatusCode": status}}, op)
+
+    def get_item(self, **kw: Any) -> Any:
+        self._maybe_fail("GetItem")
+        return self.client.get_item(**kw)
+
+    def put_item(self, **kw: Any) -> Any:
+        self._maybe_fail("PutItem")
+        return self.client.put_item(**kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+class World:
+    """A claims table with leased claims, a run-state table, and the reaper built from a policy."""
+
+    def __init__(self, doc: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+                 run_state: bool = True) -> None:
+        self.raw = boto3.client("dynamodb", region_name="us-east-1")
+        self.ddb = FailingDynamoDB(self.raw)
+        create_claims_table(self.raw, CLAIMS)
+        if run_state:
+            create_run_state_table(self.raw)
+        self.claims = ClaimStore(self.raw, CLAIMS)
+        self.doc = doc or policy_doc()
+        self.env = {"REAPER_LEASE_TABLE": RUN_STATE} if env is None else env
+        self.observe = True
+
+    def factory(self, service: str, region: str | None = None) -> Any:
+        assert service == "dynamodb", service
+        return self.ddb
+
+    def checker(self, observe: bool = True) -> CompositeChecker:
+        """A new run's composite checker (nothing memoised)."""
+        from reaper.wiring import build_liveness
+
+        policy = parse_policy(yaml.safe_dump(self.doc, sort_keys=False))
+        return build_liveness(policy, self.factory, env=self.env, observe=observe)
+
+    def ask(self, lock: LockRecord, at: datetime, observe: bool = True) -> LivenessFact:
+        """One reaper run at ``at`` (the reaper's clock) asking about ``lock``."""
+        return self.checker(observe).check(lock, at)
+
+    def claim(self, claimed_at: datetime = T0 - timedelta(seconds=5), provider: str = "none",
+              **lease: Any) -> Claim:
+        fields: dict[str, Any] = {"seconds": LEASE, "heartbeat": 3, "heartbeat_at": T0 + timedelta(seconds=40),
+                                  "containment": ("pdeathsig", "subreaper"), "fenced": True, "exclusive": True}
+        fields.update(lease)
+        c = Claim(who=WHO, claimed_at=claimed_at, provider=provider, lease=LeaseState(**fields),
+                  expires_at=int((T0 + timedelta(days=7)).timestamp()))
+        self.claims.put(c)
+        return c
+
+    def observations(self) -> dict[str, dict[str, Any]]:
+        items = self.raw.scan(TableName=RUN_STATE, ConsistentRead=True)["Items"]
+        return {i["pk"]["S"]: i for i in items}
+
+
+def lock(created: datetime = T0, who: str = WHO, path: str = "tfstate/app.tfstate", store: str = "dynamodb:locks") -> LockRecord:
+    raw = info_json(path, timedelta(0), created, who=who)
+    return LockRecord(store=store, key=path, lock_path=path, token=raw, raw={"LockID": {"S": path}}, info=LockInfo.parse(raw))
+
+
+def lease_answer(fact: LivenessFact) -> str:
+    return " | ".join(e.detail for e in fact.evidence if e.source == "lease")
+
+
+@pytest.fixture
+def world(aws: Any) -> World:
+    return World()
+
+
+# ================================================================ alive
+def test_a_fresh_heartbeat_is_alive(world: World) -> None:
+    world.claim(heartbeat_at=T0 + timedelta(hours=2))
+    fact = world.ask(lock(), T0 + timedelta(hours=2, seconds=30))
+    assert fact.state is ALIVE and fact.checkers == ("lease",), fact.reason
+    assert "fresher than lease + clock_skew" in fact.reason
+
+
+def test_a_moving_counter_is_alive_whatever_the_writer_clock_says(world: World) -> None:
+    # the writer's clock lags by a day: its HeartbeatAt looks a day old, but the counter moves
+    world.claim(heartbeat=3, heartbeat_at=T0 - timedelta(days=1))
+    first = world.ask(lock(), T0 + timedelta(hours=2))
+    assert first.state is UNKNOWN and first.contested, first.reason
+    world.claim(heartbeat=4, heartbeat_at=T0 - timedelta(days=1))  # the same claim, renewed
+    second = world.ask(lock(), T0 + timedelta(hours=2, minutes=15))
+    assert second.state is ALIVE and "moved from 3 to 4" in second.reason, second.reason
+
+
+class CompletedJob:
+    """A CI checker whose API says the claimed job completed (dead)."""
+
+    name = "claims"
+
+    def __init__(self, fact: LivenessFact) -> None:
+        self.fact = fact
+
+    def applies(self, lock: LockRecord) -> bool:
+        return True
+
+    def check(self, lock: LockRecord, now: datetime) -> LivenessFact:
+        return self.fact
+
+
+def test_a_fresh_lease_beats_a_ci_api_that_says_completed_even_an_authoritative_one(world: World) -> None:
+    """A self-hosted runner's job is over (the CI API says completed), but its Terraform still runs under the wrapper."""
+    world.claim(heartbeat_at=T0 + timedelta(hours=2))
+    checker = world.checker()
+    for authoritative in (False, True):
+        ci_dead = dead_fact("claims", "job completed 1h ago").model_copy(update={"authoritative": authoritative})
+
+        composite = CompositeChecker([CompletedJob(ci_dead), *checker.checkers])
+        fact = composite.check(lock(), T0 + timedelta(hours=2, seconds=20))
+        assert fact.state is ALIVE, (authoritative, fact.reason)
+        assert "lease" in fact.reason and set(fact.checkers) == {"claims", "lease"}
+        # without the lease's answer, the same CI answer reaps the lock
+        assert combine([Answer("claims", ci_dead)]).state is DEAD
+
+
+def test_an_unwatched_stale_heartbeat_outvotes_a_completed_ci_job(world: World) -> None:
+    """First sighting, HeartbeatAt stale by a lagging writer clock: the wrapper may be renewing.
+    Without the contested mark, the CI API's "completed" (resting on Created) would reap it."""
+    world.claim(heartbeat_at=T0 - timedelta(hours=3))
+    lease = world.ask(lock(), T0 + timedelta(hours=2))
+    assert lease.state is UNKNOWN and lease.contested and "first sighting" in lease.reason, lease.reason
+    ci = dead_fact("claims", "job completed 40m ago")
+    assert combine([Answer("claims", ci), Answer("lease", lease)]).state is UNKNOWN
+
+
+# ================================================================ dead, case 1: the wrapper recorded the exit
+def test_a_recorded_exit_is_dead_after_grace_from_the_reapers_own_first_sighting(world: World) -> None:
+    # EndedAt is a day old by the writer's clock (it lags): the grace still counts from the reaper's own sighting
+    world.claim(ended_at=T0 + timedelta(minutes=1), exit_code=1)
+    at = T0 + timedelta(days=1)
+    first = world.ask(lock(), at)
+    assert first.state is ALIVE and "within the 2m grace period" in first.reason, first.reason
+    assert world.ask(lock(), at + GRACE - timedelta(seconds=1)).state is ALIVE
+    later = world.ask(lock(), at + GRACE)
+    assert later.state is DEAD and "exit 1" in later.reason, later.reason
+    [obs] = world.observations().values()
+    assert obs["ended_seen_at"]["S"].startswith("2026-11-23T12:00:00")
+
+
+def test_without_observations_the_exit_grace_is_grace_plus_skew_by_the_writer_clock(aws: Any) -> None:
+    w = World(env={}, run_state=False)
+    w.claim(ended_at=T0 + timedelta(minutes=1), exit_code=0)
+    ended = T0 + timedelta(minutes=1)
+    assert w.ask(lock(), ended + GRACE + SKEW - timedelta(seconds=1)).state is ALIVE
+    fact = w.ask(lock(), ended + GRACE + SKEW)
+    assert fact.state is DEAD and "writer's clock" in fact.reason, fact.reason
+
+
+def test_a_run_that_ended_before_the_lock_was_created_proves_nothing(world: World) -> None:
+    # the wrapped run ended; a later plain terraform by the same Who took this lock
+    world.claim(ended_at=T0 - timedelta(seconds=1), exit_code=0, claimed_at=T0 - timedelta(minutes=5))
+    world.ask(lock(), T0 + timedelta(hours=1))
+    fact = world.ask(lock(), T0 + timedelta(hours=2))
+    assert fact.state is UNKNOWN and "before the lock's Created" in fact.reason, fact.reason
+
+
+def test_an_exit_without_exclusive_proves_nothing(world: World) -> None:
+    # another terraform of this user ran on the host outside the wrapped group: it may hold this lock
+    world.claim(ended_at=T0 + timedelta(minutes=1), exit_code=0, exclusive=False)
+    world.ask(lock(), T0 + timedelta(hours=1))
+    fact = world.ask(lock(), T0 + timedelta(hours=2))
+    assert fact.state is UNKNOWN and "not exclusive" in fact.reason, fact.reason
+
+
+# ================================================================ dead, case 2: the reaper watched the counter stop
+def stopped(world: World, first: datetime, then: datetime, **lease: Any) -> tuple[LivenessFact, LivenessFact]:
+    world.claim(**lease)
+    return world.ask(lock(), first), world.ask(lock(), then)
+
+
+def test_a_counter_unchanged_for_lease_plus_grace_on_the_reapers_clock_is_dead(world: World) -> None:
+    first = T0 + timedelta(hours=1)
+    a, b = stopped(world, first, first + timedelta(seconds=LEASE) + GRACE - timedelta(seconds=1))
+    assert a.state is UNKNOWN and a.contested and "first sighting" in a.reason
+    assert b.state is UNKNOWN and b.contested and "unchanged for" in b.reason, b.reason
+    c = world.ask(lock(), first + timedelta(seconds=LEASE) + GRACE)
+    assert c.state is DEAD and "contained and fenced" in c.reason, c.reason
+    key = observation_key(WHO, T0 - timedelta(seconds=5))
+    assert set(world.observations()) == {key} and key.startswith(KEY_PREFIX)
+
+
+@pytest.mark.parametrize("missing,lease", [
+    ("contained", {"containment": ("subreaper",)}),  # a subreaper waits for orphans, it kills nothing
+    ("contained", {"containment": ()}),
+    ("fenced", {"fenced": False}),
+    ("exclusive", {"exclusive": False}),
+    ("a heartbeat time", {"heartbeat_at": None}),
+])
+def test_a_stopped_heartbeat_without_containment_fencing_or_exclusive_is_unknown(world: World, missing: str,
+                                                                                   lease: dict[str, Any]) -> None:
+    first = T0 + timedelta(hours=1)
+    _, b = stopped(world, first, first + timedelta(days=2), **lease)
+    assert b.state is UNKNOWN and not b.contested and missing in b.reason, b.reason
+
+
+def test_a_lock_created_after_the_heartbeat_stopped_is_not_the_runs(world: World) -> None:
+    # last heartbeat 40 s after the claim: the lock came 30 s + lease/3 (20 s) later
+    world.claim(heartbeat_at=T0 - timedelta(seconds=51))
+    world.ask(lock(), T0 + timedelta(hours=1))
+    fact = world.ask(lock(), T0 + timedelta(days=1))
+    assert fact.state is UNKNOWN and "not this run's lock" in fact.reason, fact.reason
+
+
+def test_a_far_future_heartbeat_time_is_dead_only_after_the_reapers_own_lease_plus_grace(world: World) -> None:
+    """Issue 12, scenario 8: the writer's clock runs a year ahead; its counter stops."""
+    world.claim(heartbeat_at=T0 + timedelta(days=365))
+    first = T0 + timedelta(hours=1)
+    a = world.ask(lock(), first)
+    assert a.state is ALIVE and "in the future" in a.reason, a.reason
+    b = world.ask(lock(), first + timedelta(seconds=LEASE) + GRACE - timedelta(seconds=1))
+    assert b.state is ALIVE, b.reason
+    c = world.ask(lock(), first + timedelta(seconds=LEASE) + GRACE)
+    assert c.state is DEAD, c.reason
+
+
+def test_a_sighting_by_another_reaper_needs_clock_skew_more(world: World) -> None:
+    # a CLI run on a laptop saw the counter first; this run's own clock may differ from that one's by clock_skew
+    world.claim()
+    first = T0 + timedelta(hours=1)
+    key = observation_key(WHO, T0 - timedelta(seconds=5))
+    LeaseObservationStore(world.raw, RUN_STATE).put(
+        key, Observation(counter=3, first_seen_at=first, observer="cli:alice@laptop"), 2000000000, None)
+    at = first + timedelta(seconds=LEASE) + GRACE
+    assert world.ask(lock(), at).state is UNKNOWN
+    assert world.ask(lock(), at + SKEW).state is DEAD
+
+
+# ================================================================ unknown: no table, failures, malformed
+def test_without_an_observations_table_a_stopped_heartbeat_is_never_dead(aws: Any) -> None:
+    w = World(env={}, run_state=False)
+    w.claim()
+    for at in (T0 + timedelta(hours=1), T0 + timedelta(days=6)):
+        fact = w.ask(lock(), at)
+        assert fact.state is UNKNOWN and fact.contested, fact.reason
+        assert "no observations table is configured" in fact.reason
+
+
+def test_a_failing_observations_store_is_unknown_never_dead(world: World) -> None:
+    world.claim()
+    world.ask(lock(), T0 + timedelta(hours=1))
+    world.ddb.fail["GetItem"] = 500
+    fact = world.ask(lock(), T0 + timedelta(days=1))
+    assert fact.state is UNKNOWN and "observations store failed" in fact.reason, fact.reason
+    assert "500" in [e.status for e in fact.evidence]
+    del world.ddb.fail["GetItem"]
+    assert world.ask(lock(), T0 + timedelta(days=1)).state is DEAD  # control: the same world, answering
+
+
+def test_a_failed_write_keeps_the_answer_and_says_so(world: World) -> None:
+    world.claim(heartbeat_at=T0 + timedelta(hours=1))
+    world.ddb.fail["PutItem"] = 400
+    fact = world.ask(lock(), T0 + timedelta(hours=1))
+    assert fact.state is ALIVE
+    assert "record-failed" in [e.status for e in fact.evidence]
+    assert world.observations() == {}
+
+
+def test_a_malformed_lease_is_unknown(world: World) -> None:
+    c = world.claim()
+    item = c.to_item()
+    item["Heartbeat"] = {"N": "-4"}
+    world.raw.put_item(TableName=CLAIMS, Item=item)
+    fact = world.ask(lock(), T0 + timedelta(days=1))
+    assert fact.state is UNKNOWN and "lease" in fact.checkers and "malformed" in lease_answer(fact), fact.reason
+
+
+def test_a_claim_without_a_lease_is_not_the_lease_checkers(world: World) -> None:
+    world.claims.put(Claim(who=WHO, claimed_at=T0 - timedelta(seconds=5), provider="github", repo="acme/infra", run_id=5))
+    fact = world.checker().check_detailed(lock(), T0 + timedelta(days=1))
+    assert "lease" in fact.skipped and [a.checker for a in fact.answers] == ["claims"]
+
+
+def test_leases_can_be_turned_off(aws: Any) -> None:
+    w = World(doc=policy_doc(enabled=False))
+    w.claim(heartbeat_at=T0 + timedelta(hours=1))
+    assert w.checker().names == ["claims"]
+
+
+# ================================================================ the observations
+def test_every_lock_of_one_claim_is_judged_against_the_runs_first_reading(world: World) -> None:
+    world.claim(heartbeat=3, heartbeat_at=T0 - timedelta(days=1))
+    world.ask(lock(), T0 + timedelta(hours=1))
+    world.claim(heartbeat=4, heartbeat_at=T0 - timedelta(days=1))
+    checker = world.checker()
+    at = T0 + timedelta(hours=1, minutes=15)
+    # two locks of one wrapped run (terragrunt run-all): both see the counter move, though the first wrote 4
+    assert checker.check(lock(path="a.tfstate"), at).state is ALIVE
+    assert checker.check(lock(path="b.tfstate"), at).state is ALIVE
+
+
+def test_observations_keep_to_lease_items_and_never_touch_the_run_lease(world: World) -> None:
+    world.raw.put_item(TableName=RUN_STATE, Item={"pk": {"S": "run-lease"}, "holder": {"S": "run-1"},
+                                                  "expires_at": {"N": "1"}})
+    world.claim()
+    world.ask(lock(), T0 + timedelta(hours=1))
+    items = world.observations()
+    assert items["run-lease"] == {"pk": {"S": "run-lease"}, "holder": {"S": "run-1"}, "expires_at": {"N": "1"}}
+    [key] = [k for k in items if k != "run-lease"]
+    obs = items[key]
+    assert key == f"lease#{WHO}#2026-11-22T11:59:55.000000Z"
+    assert obs["counter"] == {"N": "3"} and obs["first_seen_at"]["S"] == "2026-11-22T13:00:00.000000Z"
+    assert int(obs["expires_at"]["N"]) > (T0 + timedelta(days=7)).timestamp(), "outlives the claim"
+    with pytest.raises(ValueError):
+        LeaseObservationStore(world.raw, RUN_STATE).get("run-lease")
+
+
+def test_a_second_run_never_moves_a_first_sighting(world: World) -> None:
+    store = LeaseObservationStore(world.raw, RUN_STATE)
+    key = observation_key(WHO, T0)
+    seen = Observation(counter=3, first_seen_at=T0)
+    assert store.put(key, seen, 2000000000, None) is True
+    assert store.put(key, Observation(counter=3, first_seen_at=T0 + timedelta(hours=1)), 2000000000, None) is False
+    moved = Observation(counter=4, first_seen_at=T0 + timedelta(hours=1))
+    assert store.put(key, moved, 2000000000, Observation(counter=3, first_seen_at=T0 - timedelta(hours=1))) is False
+    assert store.get(key) == seen
+    assert store.put(key, moved, 2000000000, seen) is True and store.get(key) == moved
+
+
+def test_the_table_named_by_the_policy_beats_the_environment(aws: Any) -> None:
+    w = World(doc=policy_doc(observations_table="my-observations"), env={"REAPER_LEASE_TABLE": RUN_STATE})
+    create_run_state_table(w.raw, "my-observations")
+    w.claim()
+    w.ask(lock(), T0 + timedelta(hours=1))
+    assert w.observations() == {}
+    assert len(w.raw.scan(TableName="my-observations")["Items"]) == 1
+
+
+def test_one_claims_scan_per_run_answers_the_claims_and_the_lease_checkers(world: World) -> None:
+    from reaper.http.client import ApiCounter
+    from reaper.wiring import build_liveness
+
+    world.claim(heartbeat_at=T0 + timedelta(hours=1))
+    counter = ApiCounter()
+    policy = parse_policy(yaml.safe_dump(world.doc))
+    checker = build_liveness(policy, world.factory, env=world.env, counter=counter)
+    for path in ("a", "b", "c"):
+        assert checker.check(lock(path=path), T0 + timedelta(hours=1)).state is ALIVE
+    calls = counter.to_dict()["by_kind"]
+    assert calls.get("claims.scan") == 1, calls
+
+
+# ================================================================ policy
+@pytest.mark.parametrize("leases,field", [
+    ({"observations_table": "x"}, "observations_table"),
+    ({"enabled": "maybe"}, "enabled"),
+    ({"table": "run-state"}, "table"),
+])
+def test_a_bad_leases_section_names_its_field_and_line(leases: dict[str, Any], field: str) -> None:
+    text = yaml.safe_dump(policy_doc(**leases), sort_keys=False)
+    with pytest.raises(ConfigError) as err:
+        parse_policy(text)
+    said = "\n".join(str(p) for p in err.value.problems)
+    assert f"liveness.leases.{field}" in said, said
+    lines = text.splitlines()
+    start = next(i for i, t in enumerate(lines) if t.strip() == "leases:")
+    line = next(i for i, t in enumerate(lines, 1) if i > start and t.strip().startswith(f"{field}:"))
+    assert f"line {line}" in said, said
+
+
+# ================================================================ explain
+def test_explain_shows_the_lease_and_the_observations_and_records_nothing(world: World, tmp_path: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from reaper.commands.explain import explain_lock, render
+
+    world.claim(heartbeat=7, ended_at=T0 + timedelta(minutes=3), exit_code=2)
+    world.ask(lock(), T0 + timedelta(hours=1))  # a run saw it
+    before = world.observations()
+    policy = parse_policy(yaml.safe_dump(world.doc))
+    doc = explain_lock(lock(), policy, world.checker(observe=False), T0 + timedelta(hours=1, minutes=1))
+    assert world.observations() == before, "explain reads the observations, never writes them"
+    lease = doc["lease"]
+    assert lease["lease"] == {"seconds": LEASE, "heartbeat": 7, "heartbeat_at": "2026-11-22T12:00:40+00:00",
+                              "containment": ["pdeathsig", "subreaper"], "contained": True, "fenced": True,
+                              "exclusive": True, "ended_at": "2026-11-22T12:03:00+00:00", "exit_code": 2}
+    assert lease["observations"]["counter"] == 7
+    assert lease["observations"]["ended_seen_at"] == "2026-11-22T13:00:00+00:00"
+    text = render(doc)
+    assert "lease      1m, heartbeat 7" in text and "exit 2" in text
+    assert "seen       counter 7 first seen 2026-11-22T13:00:00+00:00" in text, text
+    json.dumps(doc)  # --json prints this document
