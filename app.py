@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CDK app: one Lock Reaper stack per AWS account.
+"""CDK app: one Lock Reaper stack per AWS account, or, for an organization, the central stack and the stack sets.
 
 Configuration is the ``reaper`` block of cdk.json's context plus the policy file
 it names; both are validated before anything is built, so a bad field fails the
@@ -17,27 +17,21 @@ from typing import Any
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 
-from infra.lock_reaper import LockReaperProps
-from infra.settings import CONTEXT_KEY, SettingsError, load_checked_policy, load_settings
-from infra.stack import LockReaperStack
+from infra.org_app import add_stacks
+from infra.settings import SettingsError
 
 ROOT = Path(__file__).resolve().parent
 
 
 def build_app(context: Mapping[str, Any] | None = None, outdir: str | None = None, root: Path = ROOT) -> cdk.App:
-    """Build the app (not synthesized). Raises SettingsError on a bad context or policy."""
+    """Build the app (not synthesized). Raises SettingsError on a bad context or policy.
+
+    ``context.org.synth`` selects the stacks (infra/org_app.py): the member stack alone by default.
+    """
     app = cdk.App(context=dict(context) if context is not None else None, outdir=outdir)
-    settings = load_settings(app.node.try_get_context(CONTEXT_KEY))
-    policy, policy_path, warnings = load_checked_policy(settings, root)
-    env = cdk.Environment(account=settings.account, region=settings.region) if settings.account or settings.region else None
-    stack = LockReaperStack(
-        app,
-        settings.stack_name,
-        env=env,
-        reaper=LockReaperProps(settings=settings, policy=policy, policy_file=policy_path, project_root=root),
-    )
-    for w in warnings:
-        cdk.Annotations.of(stack).add_warning_v2("lock-reaper:context", str(w))
+    for stack, warnings in add_stacks(app, root):
+        for w in warnings:
+            cdk.Annotations.of(stack).add_warning_v2("lock-reaper:context", str(w))
     # cdk-nag 3: AWS Solutions checks run as a policy validation plugin at synth.
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return app

@@ -62,7 +62,8 @@ class LockReaper(Construct):
         self.namespace = props.policy.alerts.metrics.namespace
 
         self.key = StackKey(self).key
-        self.topic = AlertTopic(self, self.key, s.alert_emails).topic
+        # None when context.reaper.alert_topic is false (a member that alerts through the central account)
+        self.topic = AlertTopic(self, self.key, s.alert_emails).topic if s.alert_topic else None
         audit = AuditStorage(self, self.key, s.audit_retention_days)
         self.access_logs, self.audit_bucket = audit.access_logs, audit.bucket
         self.claims_table = ClaimsTable(self, s.claims_table).table

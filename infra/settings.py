@@ -128,6 +128,11 @@ class ReaperSettings(Strict):
     ci_token_secrets: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     kms_key_arns: list[str] = Field(default_factory=list)
     event_bus: str = Field(default="default", min_length=1)
+    alert_topic: bool = Field(
+        default=True,
+        description="create the SNS alert topic (alarms, reap reports); false for a member that alerts through "
+        "the central account (context.org.member.forward_events)",
+    )
     claims_table: TableName = "lock-reaper-claims"
     log_retention_days: int = 90
     audit_retention_days: int = Field(default=0, ge=0, description="expire audit records after N days; 0 keeps them")

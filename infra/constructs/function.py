@@ -6,6 +6,7 @@ The role's permissions are in ``grants``; ``grant`` applies them in their order.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from aws_cdk import AssetHashType, BundlingOptions, Duration, RemovalPolicy
@@ -41,6 +42,9 @@ def bundled_code(project_root: Path, policy_file: Path) -> lambda_.Code:
             # Required by the API; never used: local bundling always succeeds or fails the synth.
             image=RUNTIME.bundling_image,
             local=LocalPipBundling(project_root, policy_file),
+            # Never read by the local bundler: it keys CDK's asset cache (source path + bundling options) by the
+            # policy's content, so two targets with different policies (stack sets) never share one bundle.
+            environment={"LOCK_REAPER_POLICY_SHA256": hashlib.sha256(Path(policy_file).read_bytes()).hexdigest()},
         ),
     )
 
@@ -103,7 +107,7 @@ class ReaperFunction:
         settings: ReaperSettings,
         *,
         audit_bucket: s3.IBucket,
-        topic: sns.ITopic,
+        topic: sns.ITopic | None,
         claims_table: dynamodb.ITable,
         run_state_table: dynamodb.ITable,
         namespace: str,
@@ -112,7 +116,7 @@ class ReaperFunction:
         return {
             reaper_env.POLICY_FILE: TASK_ROOT_POLICY,
             reaper_env.AUDIT_BUCKET: audit_bucket.bucket_name,
-            reaper_env.SNS_TOPIC_ARN: topic.topic_arn,
+            **({reaper_env.SNS_TOPIC_ARN: topic.topic_arn} if topic is not None else {}),  # no topic: no SNS sink
             reaper_env.EVENT_BUS: settings.event_bus,
             reaper_env.CLAIMS_TABLE: claims_table.table_name,
             reaper_env.LEASE_TABLE: run_state_table.table_name,
@@ -128,7 +132,7 @@ class ReaperFunction:
         *,
         claims_table: dynamodb.ITable,
         run_state_table: dynamodb.ITable,
-        topic: sns.ITopic,
+        topic: sns.ITopic | None,
         audit_bucket: s3.IBucket,
         key: kms.IKey,
     ) -> RoleGrants:

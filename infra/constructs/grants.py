@@ -143,9 +143,10 @@ class RoleGrants:
         ]
         self.statement("ReadTokenSecrets", ["secretsmanager:GetSecretValue"], secret_arns)
 
-    def alerts(self, topic: sns.ITopic) -> None:
-        """Alerts: the topic (its key is granted with the audit records), the event bus."""
-        self.statement("PublishAlerts", ["sns:Publish"], [topic.topic_arn])
+    def alerts(self, topic: sns.ITopic | None) -> None:
+        """Alerts: the topic if the stack has one (its key is granted with the audit records), the event bus."""
+        if topic is not None:
+            self.statement("PublishAlerts", ["sns:Publish"], [topic.topic_arn])
         bus = self.settings.event_bus
         bus_arn = (
             bus
