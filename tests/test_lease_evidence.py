@@ -446,3 +446,314 @@ def test_explain_shows_the_lease_and_the_observations_and_records_nothing(world:
     assert "lease      1m, heartbeat 7" in text and "exit 2" in text
     assert "seen       counter 7 first seen 2026-11-22T13:00:00+00:00" in text, text
     json.dumps(doc)  # --json prints this document
+
+
+# ================================================================ real Terraform, wrapped (issue 12's scenarios)
+# Terraform 1.0.3 from the kit, an S3 backend with a DynamoDB lock table on moto_server, the wrapper
+# (``python -m reaper run``) with a 6 s lease, and the production wiring (``build_reaper``) in enforce
+# mode with a 3 s grace. The reaper's clock is injected: every run is past max_age by its clock, while
+# the wrapper's heartbeats and the lock's Created come from the real one (the same host clock).
+TF_LOCKS, TF_BUCKET, TF_KEY = "tf-locks", "tf-lease-state", "app/terraform.tfstate"
+TF_CLAIMS, TF_RUN_STATE = "tf-claims", "tf-run-state"
+TF_LEASE, TF_GRACE = 6, timedelta(seconds=3)
+
+TF_POLICY = """\
+mode: enforce
+max_deletes_per_run: 5
+clock_skew: 1s
+stores:
+  - type: dynamodb
+    table: {locks}
+rules:
+  - name: everything
+    match: "*"
+    max_age: 1h
+audit:
+  local_dir: {audit}
+alerts:
+  metrics: {{enabled: false}}
+liveness:
+  grace: 3s
+  claims:
+    table: {claims}
+  state_activity:
+    enabled: false
+"""
+
+
+class TerraformWorld:
+    """A Terraform working directory on moto_server, its lock table, the claims and run-state tables."""
+
+    def __init__(self, binary: Any, tmp_path: Any, endpoint: str) -> None:
+        from devtools.locks import create_lock_table
+        from devtools.terraform import S3Backend, TerraformWorkdir
+
+        self.endpoint = endpoint
+        self.ddb = boto3.client("dynamodb", region_name="us-east-1")
+        create_lock_table(self.ddb, TF_LOCKS)
+        create_claims_table(self.ddb, TF_CLAIMS)
+        create_run_state_table(self.ddb, TF_RUN_STATE)
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=TF_BUCKET)
+        self.backend = S3Backend(endpoint=endpoint, bucket=TF_BUCKET, key=TF_KEY, table=TF_LOCKS)
+        self.tf = TerraformWorkdir(binary, tmp_path / "tf", self.backend)
+        self.lock_id = self.backend.lock_id()
+        self.audit = tmp_path / "audit"
+        self.policy = tmp_path / "policy.yaml"
+        self.policy.write_text(TF_POLICY.format(locks=TF_LOCKS, audit=self.audit, claims=TF_CLAIMS), encoding="utf-8")
+        self.tf.init()
+        self.tf.apply("v1")
+        self.wrappers: list[Any] = []
+
+    def lock_item(self) -> dict[str, Any] | None:
+        return self.ddb.get_item(TableName=TF_LOCKS, Key={"LockID": {"S": self.lock_id}}, ConsistentRead=True).get("Item")
+
+    def created(self) -> datetime:
+        from reaper.models import parse_created
+
+        item = self.lock_item()
+        assert item is not None
+        return parse_created(json.loads(item["Info"]["S"])["Created"])
+
+    def claim(self) -> Claim:
+        items = self.ddb.scan(TableName=TF_CLAIMS, ConsistentRead=True)["Items"]
+        assert len(items) == 1, items
+        return Claim.from_item(items[0])
+
+    def reap(self, at: datetime) -> Any:
+        """One enforce-mode run of the production wiring at ``at`` by the reaper's clock (the Lambda's env)."""
+        from reaper.policy import load_policy
+        from reaper.wiring import Deps, build_reaper
+
+        deps = Deps(clock=lambda: at, env={"REAPER_LEASE_TABLE": TF_RUN_STATE})
+        report = build_reaper(load_policy(self.policy, env={}), deps).run(mode="enforce")
+        assert report.summary.store_errors == 0, report.stores
+        [entry] = [e for e in report.locks if e.lock_path == self.lock_id] or [None]
+        return entry
+
+    def wrapped_apply(self, lease: int = TF_LEASE) -> Any:
+        """``lock-reaper run --lease Ns -- terraform apply`` with a change, waiting at its prompt with the lock."""
+        import subprocess
+        import sys
+
+        from terraform_kit import ROOT
+
+        from devtools.terraform import APPROVAL_PROMPT
+
+        env = {**self.tf.env(), "AWS_ENDPOINT_URL": self.endpoint, "PYTHONPATH": str(ROOT)}
+        w = Wrapper(subprocess.Popen(
+            [sys.executable, "-m", "reaper", "run", "--json", "--lease", f"{lease}s", "--table", TF_CLAIMS, "--",
+             self.tf.binary, "apply", "-no-color", "-var", f"{self.tf.variable}=v2"],
+            cwd=self.tf.dir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True))
+        self.wrappers.append(w)
+        assert w.until(lambda: self.lock_item() is not None and APPROVAL_PROMPT in w.output, 60), w.output + w.stderr
+        start = w.event("start")
+        assert start and start["leased"] and start["provider"] == "none", w.stderr
+        w.group = int(start["group"])
+        return w
+
+    def cleanup(self) -> None:
+        for w in self.wrappers:
+            w.kill_all()
+
+
+class Wrapper:
+    """The wrapper's process; stdout (Terraform's) and stderr (the wrapper's JSON lines) read in threads."""
+
+    def __init__(self, proc: Any) -> None:
+        import threading
+
+        self.proc = proc
+        self.out: list[bytes] = []
+        self.err: list[bytes] = []
+        self.group = 0
+        for stream, sink in ((proc.stdout, self.out), (proc.stderr, self.err)):
+            threading.Thread(target=lambda s=stream, k=sink: [k.append(c) for c in iter(lambda: s.read1(4096), b"")],
+                             daemon=True).start()
+
+    @property
+    def output(self) -> str:
+        return b"".join(self.out).decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str:
+        return b"".join(self.err).decode("utf-8", "replace")
+
+    def event(self, name: str) -> dict[str, Any] | None:
+        for line in self.stderr.splitlines():
+            if line.startswith("{"):
+                doc = json.loads(line)
+                if doc.get("event") == name:
+                    return doc
+        return None
+
+    def until(self, pred: Any, timeout: float) -> bool:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred():
+                return True
+            if self.proc.poll() is not None:
+                return bool(pred())
+            time.sleep(0.05)
+        return bool(pred())
+
+    def terraform_pids(self) -> list[int]:
+        from reaper.wrapper import host
+
+        return [p for p in host.group_members(self.group) if p != self.group]  # the guard leads the group
+
+    def kill_all(self) -> None:
+        import os
+        import signal
+
+        for pg in (self.proc.pid, self.group):
+            try:
+                if pg:
+                    os.killpg(pg, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def tfw(moto_env: Any, tmp_path: Any) -> Any:
+    from terraform_kit import require_terraform
+
+    from reaper.wrapper import host
+
+    if not host.LINUX:
+        pytest.skip("the wrapper's containment and these scenarios drive Linux processes")
+    world = TerraformWorld(require_terraform("1.0.3"), tmp_path, moto_env.endpoint)
+    yield world
+    world.cleanup()
+
+
+def outcome(entry: Any) -> tuple[str, str]:
+    return entry.outcome.value, entry.liveness
+
+
+@pytest.mark.terraform
+@pytest.mark.e2e
+def test_scenario_1_wrapped_terraform_at_its_prompt_is_kept_alive(tfw: TerraformWorld) -> None:
+    w = tfw.wrapped_apply()
+    lock = tfw.lock_item()
+    at = tfw.created() + timedelta(hours=1, minutes=1)
+    first = tfw.reap(at)
+    assert outcome(first) == ("kept", "unknown") and any("first sighting" in r for r in first.reasons), first.reasons
+    seen = tfw.claim().lease
+    assert seen is not None and seen.contained and seen.fenced and seen.exclusive, seen
+    assert w.until(lambda: tfw.claim().lease.heartbeat > seen.heartbeat, TF_LEASE), "the wrapper renews every lease/3"
+    # The reaper's next run, by its clock 10 minutes later (and far past the writer's HeartbeatAt): the counter moved.
+    second = tfw.reap(at + timedelta(minutes=10))
+    assert outcome(second) == ("kept", "alive"), second.reasons
+    assert any("moved from" in r for r in second.reasons), second.reasons
+    assert tfw.lock_item() == lock
+    # The holder finishes its own work: the apply completes, releases its lock, and the exit is recorded.
+    w.proc.stdin.write(b"yes\n")
+    w.proc.stdin.close()
+    assert w.proc.wait(timeout=60) == 0, w.output + w.stderr
+    assert "Apply complete!" in w.output and tfw.lock_item() is None
+    done = tfw.claim().lease
+    assert done is not None and done.exit_code == 0 and done.ended_at is not None
+
+
+@pytest.mark.terraform
+@pytest.mark.e2e
+@pytest.mark.parametrize("killed", ["everything", "wrapper", "terraform"])
+def test_scenarios_2_3_4_a_killed_wrapped_apply_is_reaped_on_the_lease(tfw: TerraformWorld, killed: str) -> None:
+    """2: the whole tree SIGKILLed, as a CI cancel does; 3: only the wrapper (its guard kills Terraform's group);
+    4: only Terraform's processes (the wrapper records the exit). 2 and 3 are reaped once the reaper itself has
+    watched the counter stand still for lease + grace; 4 after grace from the reaper's sighting of the exit,
+    without waiting for the lease to run out."""
+    import os
+    import signal
+
+    w = tfw.wrapped_apply()
+    pids = w.terraform_pids()
+    assert pids, "Terraform 1.0.3 runs as two processes in the guard's group"
+    if killed == "everything":
+        for pg in (w.proc.pid, w.group):
+            os.killpg(pg, signal.SIGKILL)
+    elif killed == "wrapper":
+        os.kill(w.proc.pid, signal.SIGKILL)
+    else:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+    w.proc.wait(timeout=30)
+    assert w.until(lambda: not w.terraform_pids(), 10), f"left running: {w.terraform_pids()}"
+    assert tfw.lock_item() is not None, "a killed Terraform leaves its lock"
+    plan = tfw.tf.plan("v2")
+    assert plan.returncode != 0 and "Error acquiring the state lock" in plan.stdout
+    lease = tfw.claim().lease
+    assert lease is not None and (lease.ended_at is not None) == (killed == "terraform"), lease
+
+    at = tfw.created() + timedelta(hours=1, minutes=1)
+    first = tfw.reap(at)  # the first run sees the counter (or the exit)
+    if killed == "terraform":
+        assert outcome(first) == ("kept", "alive") and any("grace" in r for r in first.reasons), first.reasons
+        assert TF_GRACE < timedelta(seconds=TF_LEASE)
+        then = at + TF_GRACE
+        before = then - timedelta(seconds=1)
+    else:
+        assert outcome(first) == ("kept", "unknown") and any("first sighting" in r for r in first.reasons), first.reasons
+        then = at + timedelta(seconds=TF_LEASE) + TF_GRACE
+        before = then - timedelta(seconds=1)
+    assert outcome(tfw.reap(before))[0] == "kept"
+    reaped = tfw.reap(then)
+    assert outcome(reaped) == ("reaped", "dead"), reaped.reasons
+    assert any(("exit 137" if killed == "terraform" else "contained and fenced") in r for r in reaped.reasons), reaped.reasons
+    assert tfw.lock_item() is None
+    assert tfw.tf.plan("v2", lock_timeout="0s").returncode == 0, "Terraform works again"
+
+
+@pytest.mark.terraform
+@pytest.mark.e2e
+def test_scenario_7_a_heartbeat_that_stops_without_containment_is_unknown_and_kept(tfw: TerraformWorld) -> None:
+    """A wrapper without containment (written here as its claim item) died; its Terraform still runs, holding the lock."""
+    from reaper.liveness.identity import terraform_who
+
+    now = datetime.now(UTC)
+    who = terraform_who(tfw.tf.env())
+    ClaimStore(tfw.ddb, TF_CLAIMS).put(Claim(
+        who=who, claimed_at=now, provider="none", expires_at=int((now + timedelta(days=7)).timestamp()),
+        lease=LeaseState(seconds=60, heartbeat=2, heartbeat_at=now, containment=(), fenced=False, exclusive=True)))
+    with tfw.tf.hold_lock("v2", tfw.ddb) as held:
+        assert held.info["Who"] == who
+        at = tfw.created() + timedelta(hours=1, minutes=1)
+        for later in (timedelta(0), timedelta(hours=6)):  # the counter stands still, for hours by the reaper's clock
+            e = tfw.reap(at + later)
+            assert outcome(e) == ("kept", "unknown"), e.reasons
+        assert any("not contained or fenced" in r for r in e.reasons), e.reasons
+        assert held.alive() and tfw.lock_item() is not None
+        assert held.answer("yes") == 0, held.output
+    assert tfw.lock_item() is None
+
+
+@pytest.mark.terraform
+@pytest.mark.e2e
+def test_scenario_8_a_far_future_heartbeat_is_dead_only_after_the_reapers_own_lease_plus_grace(
+        tfw: TerraformWorld) -> None:
+    """The writer's clock runs a year ahead; its counter stops (its apply was killed)."""
+    from reaper.liveness.identity import terraform_who
+
+    now = datetime.now(UTC)
+    who = terraform_who(tfw.tf.env())
+    ClaimStore(tfw.ddb, TF_CLAIMS).put(Claim(
+        who=who, claimed_at=now, provider="none", expires_at=int((now + timedelta(days=7)).timestamp()),
+        lease=LeaseState(seconds=TF_LEASE, heartbeat=4, heartbeat_at=now + timedelta(days=365),
+                         containment=("pdeathsig", "subreaper"), fenced=True, exclusive=True)))
+    held = tfw.tf.hold_lock("v2", tfw.ddb)
+    assert held.kill() == -9 and held.survivors == []
+    at = tfw.created() + timedelta(hours=1, minutes=1)
+    e = tfw.reap(at)
+    assert outcome(e) == ("kept", "alive") and any("in the future" in r for r in e.reasons), e.reasons
+    lease_and_grace = timedelta(seconds=TF_LEASE) + TF_GRACE
+    assert outcome(tfw.reap(at + lease_and_grace - timedelta(seconds=1))) == ("kept", "alive")
+    e = tfw.reap(at + lease_and_grace)
+    assert outcome(e) == ("reaped", "dead"), e.reasons
+    assert tfw.tf.plan("v2", lock_timeout="0s").returncode == 0
