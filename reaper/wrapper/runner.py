@@ -54,7 +54,7 @@ class Heartbeat(threading.Thread):
         self.clock, self.wall, self.probe, self.say = clock, wall, probe, say
         self._last_ok = last_ok
         self.exclusive = exclusive
-        self.exclusive_written = exclusive  # False written at the claim already, or nothing to write
+        self.exclusive_written = not exclusive  # Exclusive false is in the item (the claim said so already)
         self.renewals = 0
         self.failures = 0
         self.stop = threading.Event()
