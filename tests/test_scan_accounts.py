@@ -370,3 +370,59 @@ def test_build_gets_each_accounts_factory(aws: None, tmp_path: Path) -> None:
     code = acc.run(_policy(tmp_path), args, io.StringIO(), io.StringIO(), build=build)
     assert code == 0
     assert seen == {a: f"arn:aws:sts::{a}:assumed-role/LockReaperScan/lock-reaper-scan-{a}" for a in (A, B)}
+
+
+# ---------------------------------------------------------------- --overrides: the policy each account's function runs
+def test_overrides_by_account_and_by_nearest_ou(aws: None, tmp_path: Path) -> None:
+    org = boto3.client("organizations", region_name="us-east-1")
+    org.create_organization(FeatureSet="ALL")
+    root = org.list_roots()["Roots"][0]["Id"]
+    sandbox = org.create_organizational_unit(ParentId=root, Name="sandbox")["OrganizationalUnit"]["Id"]
+    team = org.create_organizational_unit(ParentId=sandbox, Name="team")["OrganizationalUnit"]["Id"]
+    ids = [org.create_account(AccountName=f"a{i}", Email=f"a{i}@example.com")["CreateAccountStatus"]["AccountId"]
+           for i in range(3)]
+    plain, nested, named = ids
+    org.move_account(AccountId=nested, SourceParentId=root, DestinationParentId=team)
+    org.move_account(AccountId=named, SourceParentId=root, DestinationParentId=sandbox)
+    now = datetime.now(timezone.utc)
+    for a in ids:
+        _seed_account(a, {f"{a}/terraform.tfstate": timedelta(days=2)}, now)
+    overrides = tmp_path / "overrides.yaml"
+    overrides.write_text(
+        "overrides:\n"
+        "  - name: sandbox-patient\n"
+        f"    organizational_units: [{sandbox}]\n"
+        "    policy:\n"
+        "      rules: [{name: patient, match: '*', max_age: 3d, hard_max_age: 7d}]\n"
+        "  - name: one-account\n"
+        f"    accounts: ['{named}']\n"
+        "    policy:\n"
+        "      rules: [{name: strict, match: '*', max_age: 1h, hard_max_age: 1d}]\n")
+    args = _args(tmp_path, ["--accounts", ",".join(ids), "--role-arn", ROLE, "--overrides", str(overrides), "--json"])
+    out = io.StringIO()
+    code = acc.run(_policy(tmp_path), args, out, io.StringIO())
+    assert code == 0
+    doc = json.loads(out.getvalue())
+    got = {s["account"]: (s["override"], s["report"]["locks"][0]["rule"], s["report"]["locks"][0]["outcome"])
+           for s in doc["accounts"]}
+    assert got == {plain: (None, "default", "would_reap"),  # the policy file itself
+                   nested: ("sandbox-patient", "patient", "kept"),  # under sandbox, two levels down
+                   named: ("one-account", "strict", "would_reap")}  # named itself, although in sandbox too
+
+    out = io.StringIO()
+    code = acc.run(_policy(tmp_path), _args(tmp_path, ["--accounts", ",".join(ids), "--role-arn", ROLE, "--overrides",
+                                                       str(overrides)]), out, io.StringIO())
+    assert f"{nested} (override sandbox-patient): [report] 1 locks" in out.getvalue()
+
+
+def test_an_invalid_override_stops_the_scan_naming_its_line(aws: None, tmp_path: Path) -> None:
+    overrides = tmp_path / "overrides.yaml"
+    overrides.write_text("overrides:\n  - name: broken\n    accounts: ['111111111111']\n    policy:\n"
+                         "      rules: [{match: '*', max_age: soon, hard_max_age: 1d}]\n")
+    err = io.StringIO()
+    args = _args(tmp_path, ["--accounts", f"{A},{B}", "--role-arn", ROLE, "--overrides", str(overrides)])
+    code = acc.run(_policy(tmp_path), args, io.StringIO(), err,
+                   base_factory=lambda *a, **k: pytest.fail("nothing may be called before the overrides are valid"))
+    assert code == 2
+    text = err.getvalue()
+    assert "override 'broken'" in text and f"{overrides}: line 5" in text and "max_age" in text, text

@@ -61,12 +61,15 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--parallel", type=int, metavar="N",
                    help=f"accounts scanned at once (default {DEFAULT_PARALLEL}, at most {MAX_PARALLEL})")
     g.add_argument("--region", metavar="R", help="region for STS and for stores without one (default: the usual AWS settings)")
+    g.add_argument("--overrides", metavar="FILE",
+                   help="per-account / per-OU overrides of the policy (the stack set's overrides file): each account is "
+                        "scanned with the policy its own function runs")
 
 
 def wanted(args: argparse.Namespace) -> bool:
     """Whether any cross-account flag was given."""
     return any(getattr(args, k, None) not in (None, False)
-               for k in ("role_arn", "accounts", "org", "exclude", "external_id", "parallel", "region"))
+               for k in ("role_arn", "accounts", "org", "exclude", "external_id", "parallel", "region", "overrides"))
 
 
 def parse_account_ids(text: str, flag: str) -> list[str]:
@@ -172,6 +175,7 @@ class AccountResult:
     error_stage: Stage | None = None  # where it failed before a report: assuming the role, or the scan itself
     error_code: str | None = None
     error: str | None = None
+    override: str | None = None  # the name of the override its policy came from (--overrides)
 
     @property
     def failed(self) -> bool:
@@ -193,7 +197,7 @@ class AccountResult:
 
     def to_dict(self) -> dict[str, Any]:
         code, message = self.code_and_message
-        doc: dict[str, Any] = {"account": self.account, "role_arn": self.role_arn,
+        doc: dict[str, Any] = {"account": self.account, "role_arn": self.role_arn, "override": self.override,
                                "status": "error" if self.failed else "ok", "error_stage": self.error_stage,
                                "error_code": code, "error": message,
                                "summary_line": self.report.summary_line() if self.report else None, "report": None}
@@ -210,22 +214,22 @@ ScanAccount = Callable[[str, aws.ClientFactory], RunReport]  # account, its fact
 
 
 def scan_accounts(accounts: Sequence[str], role_arn: str, open_account: OpenAccount, scan: ScanAccount,
-                  parallel: int) -> list[AccountResult]:
+                  parallel: int, override_of: Callable[[str], str | None] = lambda _account: None) -> list[AccountResult]:
     """Each account opened and scanned in a pool of at most ``parallel`` threads; one that fails is a
     result with its error, never an exception. Sorted by account id."""
 
     def one(account: str) -> AccountResult:
-        arn = role_arn_for(role_arn, account)
+        arn, override = role_arn_for(role_arn, account), override_of(account)
         try:
             factory = open_account(account)
         except Exception as exc:  # AccessDenied, ExpiredToken of the caller's own session, no credentials, ...
             return AccountResult(account, arn, error_stage="assume_role", error_code=error_code(exc),
-                                 error=error_message(exc))
+                                 error=error_message(exc), override=override)
         try:
-            return AccountResult(account, arn, report=scan(account, factory))
+            return AccountResult(account, arn, report=scan(account, factory), override=override)
         except Exception as exc:  # the run itself raised (stores' errors are in the report, not here)
             return AccountResult(account, arn, error_stage="scan", error_code=cause_code(exc),
-                                 error=f"{type(exc).__name__}: {exc}")
+                                 error=f"{type(exc).__name__}: {exc}", override=override)
 
     if not accounts:
         return []
@@ -292,9 +296,107 @@ def render_table(results: Sequence[AccountResult], *, cut: bool = False, width: 
             if st.status == "error":
                 lines.append(f"STORE ERROR {r.account} {st.name}: {st.error}")
     for r in results:
-        lines.append(f"{r.account}: {r.report.summary_line() if r.report else 'FAILED (' + str(r.error_code) + ')'}")
+        via = f" (override {r.override})" if r.override else ""
+        lines.append(f"{r.account}{via}: {r.report.summary_line() if r.report else 'FAILED (' + str(r.error_code) + ')'}")
     lines.append(total_line(total_summary(results)))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- per-account overrides
+class _OverrideProblems(Exception):
+    def __init__(self, lines: list[str]):
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+class AccountPolicies:
+    """The policy each account's own function runs: the policy file, merged with the override that
+    names the account, else the one that names its nearest OU (an ancestor OU counts, as a stack set's
+    OU target does; the root ``r-...`` too). Every override is validated before anything is asked of AWS."""
+
+    def __init__(self, base_text: str, base_source: str, base: Policy, overrides: Any,
+                 organizations: aws.ClientFactory | None) -> None:
+        self.base_text, self.base_source, self.base = base_text, base_source, base
+        self.overrides = overrides  # reaper.policy.overrides.OverridesFile
+        self.organizations = organizations  # the caller's client factory, when an override names OUs
+        self.chosen: dict[str, int | None] = {}  # account -> index of its override
+        self.policies: dict[int, Policy] = {}
+
+    @classmethod
+    def load(cls, policy_file: str, overrides_file: str, base: Policy, base_factory: aws.ClientFactory) -> AccountPolicies:
+        from pathlib import Path
+
+        from ..policy import ConfigError
+        from ..policy.overrides import load_overrides
+
+        try:
+            overrides = load_overrides(overrides_file)
+        except ConfigError as exc:
+            raise _OverrideProblems([f"{exc.source}: {p}" for p in exc.problems]) from None
+        text = Path(policy_file).read_text(encoding="utf-8")
+        needs_org = any(o.organizational_units for o in overrides.overrides.overrides)
+        chosen = cls(text, policy_file, base, overrides, base_factory if needs_org else None)
+        problems: list[str] = []
+        for index, o in enumerate(overrides.overrides.overrides):  # each one as its target's function loads it
+            try:
+                chosen.policies[index] = chosen._policy(index)
+            except _OverrideProblems as exc:
+                problems += [f"override {o.name!r}: {line}" for line in exc.lines]
+        if problems:
+            raise _OverrideProblems(problems)
+        return chosen
+
+    def place(self, accounts: Sequence[str]) -> AccountPolicies:
+        """Choose each account's override: the one naming it, else its nearest named OU's, else none."""
+        by_ou = self._accounts_under_named_ous(self.organizations("organizations")) if self.organizations else {}
+        for account in accounts:
+            named = self.overrides.overrides.for_account(account)
+            self.chosen[account] = named[0] if named else by_ou.get(account)
+        return self
+
+    def _policy(self, index: int) -> Policy:
+        from ..policy import ConfigError, parse_policy
+        from ..policy.lines import load_yaml
+        from ..policy.overrides import Attribution, effective_document
+
+        o = self.overrides.overrides.overrides[index]
+        text = effective_document(self.base_text, o)
+        try:
+            return parse_policy(text, f"{self.base_source} + {o.name}", env=None)
+        except ConfigError as exc:
+            root = load_yaml(self.base_text, self.base_source)[0]
+            attribution = Attribution(self.base_source, root, self.overrides, index)
+            lines = []
+            for problem in exc.problems:
+                source, p = attribution.policy(problem)
+                lines.append(f"{source}: {p}")
+            raise _OverrideProblems(lines) from None
+
+    def _accounts_under_named_ous(self, org: Any) -> dict[str, int]:
+        """account -> the override of its nearest named OU, walking down from each named OU."""
+        best: dict[str, tuple[int, int]] = {}  # account -> (depth below the named OU, override index)
+        for index, o in enumerate(self.overrides.overrides.overrides):
+            for ou in o.organizational_units:
+                frontier, depth = [ou], 0
+                while frontier:
+                    children: list[str] = []
+                    for parent in frontier:
+                        for page in org.get_paginator("list_accounts_for_parent").paginate(ParentId=parent):
+                            for acct in page.get("Accounts", []):
+                                if acct["Id"] not in best or best[acct["Id"]][0] > depth:
+                                    best[acct["Id"]] = (depth, index)
+                        for page in org.get_paginator("list_organizational_units_for_parent").paginate(ParentId=parent):
+                            children += [u["Id"] for u in page.get("OrganizationalUnits", [])]
+                    frontier, depth = children, depth + 1
+        return {account: index for account, (_, index) in best.items()}
+
+    def policy_for(self, account: str) -> Policy:
+        index = self.chosen.get(account)
+        return self.base if index is None else self.policies[index]
+
+    def override_of(self, account: str) -> str | None:
+        index = self.chosen.get(account)
+        return None if index is None else self.overrides.overrides.overrides[index].name
 
 
 # ---------------------------------------------------------------------------- the command
@@ -309,6 +411,12 @@ def run(policy: Policy, args: argparse.Namespace, out: Any, err: Any, *, build: 
         print(f"error: {exc}", file=err)
         return EXIT_USAGE
     base = base_factory or aws.client
+    chosen: AccountPolicies | None = None
+    if getattr(args, "overrides", None):  # every override validated before any AWS call
+        chosen, failed = _overrides(lambda: AccountPolicies.load(args.config, args.overrides, policy, base), err)
+        if chosen is None:
+            return failed
+        policy_for = chosen.policy_for
     accounts = plan.accounts
     if accounts is None:
         try:
@@ -332,14 +440,37 @@ def run(policy: Policy, args: argparse.Namespace, out: Any, err: Any, *, build: 
         creds = assume_role(sts, role_arn_for(plan.role_arn, account), account, plan.external_id)
         return aws.credentials_client_factory(creds, plan.region)
 
+    if chosen is not None:
+        placed, failed = _overrides(lambda: chosen.place(accounts), err)
+        if placed is None:
+            return failed
     scan = account_scanner(policy_for or (lambda _account: policy), build, _progress(args, err))
-    results = scan_accounts(accounts, plan.role_arn, open_account, scan, plan.parallel)
+    results = scan_accounts(accounts, plan.role_arn, open_account, scan, plan.parallel,
+                            chosen.override_of if chosen else (lambda _account: None))
     if args.json:
         print(to_json(results, plan.role_arn), file=out)
     else:
         isatty = getattr(out, "isatty", None)
         print(render_table(results, cut=bool(callable(isatty) and isatty()) and not args.wide), file=out)
     return EXIT_ERRORS if any(r.failed for r in results) else EXIT_OK
+
+
+def _overrides(step: Callable[[], AccountPolicies], err: Any) -> tuple[AccountPolicies | None, int]:
+    """``step`` (loading the overrides, or placing the accounts); or (None, exit code) after saying why."""
+    try:
+        return step(), EXIT_OK
+    except _OverrideProblems as exc:
+        print("error: invalid overrides for the accounts scanned:", file=err)
+        for line in exc.lines:
+            print(f"  {line}", file=err)
+        return None, EXIT_USAGE
+    except OSError as exc:
+        print(f"error: cannot read {exc.filename}: {exc.strerror or exc}", file=err)
+        return None, EXIT_USAGE
+    except Exception as exc:  # an Organizations call refused: never scan an account with a guessed policy
+        print(f"error: cannot tell which override applies ({cause_code(exc)}): {error_message(exc)}", file=err)
+        print("  OU overrides need organizations:ListAccountsForParent and ListOrganizationalUnitsForParent", file=err)
+        return None, EXIT_ERRORS
 
 
 def account_scanner(policy_for: Callable[[str], Policy], build: Callable[..., Any] | None = None,
