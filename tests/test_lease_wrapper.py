@@ -32,12 +32,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from terraform_kit import require_terraform
 
 from devtools.locks import create_claims_table, create_lock_table
 from devtools.terraform import APPROVAL_PROMPT, S3Backend, TerraformWorkdir
@@ -47,7 +48,6 @@ from reaper.models import parse_created
 from reaper.wrapper import host
 from reaper.wrapper.lease import LeaseTable
 from reaper.wrapper.schedule import MIN_LEASE_SECONDS, Shield, fence_schedule
-from terraform_kit import require_terraform
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "lock-reaper-claims"
@@ -685,8 +685,8 @@ def test_scenario_6_ci_cancel_one_interrupt_terraform_releases_its_lock(case: Ca
     code = w.wait(timeout=30)
     end = w.end()
     print(f"\nscenario 6 ({case.tf.version}, SIGTERM {gap}s after SIGINT): Terraform's lock released "
-          f"{'by %.2fs' % released if released is not None else 'never'}, the wrapper exited {code} "
-          f"{'at %.2fs' % exited if exited is not None else 'late'} ({end['absorbed_signals']} signal(s) absorbed)")
+          f"{f'by {released:.2f}s' if released is not None else 'never'}, the wrapper exited {code} "
+          f"{f'at {exited:.2f}s' if exited is not None else 'late'} ({end['absorbed_signals']} signal(s) absorbed)")
     assert released is not None and case.lock() is None, "Terraform must release its lock itself:\n" + w.output
     assert "Two interrupts" not in w.output and "Exiting immediately" not in w.output, w.output
     assert "Interrupt received" in w.output
@@ -695,3 +695,28 @@ def test_scenario_6_ci_cancel_one_interrupt_terraform_releases_its_lock(case: Ca
     lease = LeaseState.from_item(the_claim(case.ddb))
     assert lease is not None and lease.ended_at is not None and lease.exit_code == code
     assert exited is not None and (exited < gap or end["absorbed_signals"] == 1)
+
+
+def test_guard_killed_alone_the_wrapper_kills_the_command(ddb: Any, wrapped: Any) -> None:
+    """Without its guard nothing would stop the command should the wrapper die: the wrapper stops it."""
+    marker = "lease-test-" + uuid.uuid4().hex
+    w = wrapped(["--lease", "4s", "--table", TABLE, "--no-pidns", "--", *py("import time; time.sleep(60)", marker)])
+    w.started()
+    assert wait_until(lambda: len(marked(marker, wrapper=False)) == 1, 10)
+    os.kill(w.group, signal.SIGKILL)  # the guard leads the group: its pid is the group's id
+    assert w.wait(timeout=20) == 128 + signal.SIGKILL
+    assert not marked(marker)
+    assert any(e["why"] == "guard gone" for e in w.end()["signals"])
+    assert LeaseState.from_item(the_claim(ddb)).exit_code == 137  # type: ignore[union-attr]
+
+
+def test_in_github_actions_the_claim_carries_the_run(ddb: Any, moto_env: Any, wrapped: Any) -> None:
+    env = wrapper_env(moto_env.endpoint, GITHUB_ACTIONS="true", GITHUB_REPOSITORY="acme/infra",
+                      GITHUB_RUN_ID="16123456789", GITHUB_RUN_ATTEMPT="2", RUNNER_NAME="self-hosted-3")
+    w = wrapped(["--lease", "4s", "--table", TABLE, "--", *py("pass")], env=env)
+    assert w.started()["provider"] == "github"
+    assert w.wait() == 0
+    claim = Claim.from_item(the_claim(ddb))
+    assert (claim.provider, claim.repo, claim.run_id, claim.run_attempt, claim.runner_name) == \
+        ("github", "acme/infra", 16123456789, 2, "self-hosted-3")
+    assert claim.lease is not None and claim.lease.exit_code == 0

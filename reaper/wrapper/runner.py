@@ -344,6 +344,11 @@ class Runner:
                 chunk = os.read(guard.report, 4096)
                 if not chunk:
                     report_open = False
+                    if code is None and not self.killed:  # the guard died on its own: nothing contains the command
+                        self.killed = True
+                        self._send(signal.SIGKILL, "guard gone")
+                        self.say(f"warning: the guard process died: killed {self.name}'s process group, which "
+                                 f"nothing would stop should this wrapper die")
                     continue
                 buf += chunk
                 *lines, buf = buf.split(b"\n")
