@@ -17,13 +17,24 @@ are scanned first and only indexed; a lock from another store with the same
 lock path and lock ID joins the indexed one as ONE candidate with two delete
 targets (decided once, audited per copy, deleted lock file first). Unpaired
 indexed locks are decided after the other stores.
+
+Concurrency (``liveness.http.concurrency``, default 8; 1 = one after the other): only the
+liveness checks of the judge phase run on a bounded thread pool. The pure decision is
+taken on the scanning thread, in scan order; a candidate that needs liveness is handed
+to a worker, at most ``JUDGE_WINDOW`` candidates ahead of the oldest one not yet acted
+on (memory stays bounded on a huge store). Gate, audit and execute stay on the scanning
+thread, in scan order: the delete cap, audit-before-delete and the double-lock pairing
+behave exactly as with one thread. Each store's candidates are all acted on before its
+scan is summed up.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -65,6 +76,8 @@ from .report import (
 log = logging.getLogger("reaper")
 
 Progress = Callable[[str], None]
+
+JUDGE_WINDOW = 256  # candidates judged ahead of the oldest one not yet acted on (bounds memory and staleness)
 
 
 class NoLivenessChecker:
@@ -139,6 +152,7 @@ class Reaper:
         run_id: str | None = None,
         progress: Progress | None = None,
         progress_every: int = 5000,
+        concurrency: int | None = None,
     ):
         self.policy = policy
         self.stores = list(stores)
@@ -149,6 +163,10 @@ class Reaper:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.progress = progress
         self.progress_every = progress_every
+        # liveness checks at the same time (None: the policy's liveness.http.concurrency); none without a checker
+        self.concurrency = max(1, concurrency if concurrency is not None else policy.liveness.http.concurrency)
+        if liveness is None:
+            self.concurrency = 1
         # True when the caller prints the report (the CLI): a store or alert error is then shown
         # there once, not also logged; the Lambda keeps the log lines.
         self.errors_in_output = False
@@ -161,9 +179,11 @@ class Reaper:
                            max_deletes_per_run=self.policy.max_deletes_per_run)
         budget = DeleteBudget(self.policy.max_deletes_per_run)
         pairs = PairIndex()
+        judging = _Judging(self, lambda targets, judged: report.locks.append(self._safe_process(targets, mode, budget, judged)),
+                           self.concurrency, JUDGE_WINDOW)
 
         def process(targets: list[Target]) -> None:
-            report.locks.append(self._safe_process(targets, mode, budget))
+            judging.add(targets)
 
         def paired(store: LockStore) -> Callable[[LockRecord], None]:
             def on_lock(lock: LockRecord) -> None:
@@ -172,13 +192,17 @@ class Reaper:
             return on_lock
 
         done: dict[int, StoreReport] = {}
-        for store in (s for s in self.stores if s.traits.pair_first):  # lock files: indexed now, decided later
-            done[id(store)] = self._run_store(store, partial(pairs.add, store), index_only=True)
-        for store in self.stores:
-            if id(store) not in done:
-                done[id(store)] = self._run_store(store, paired(store))
-        for target in pairs.leftovers():
-            process([target])
+        try:
+            for store in (s for s in self.stores if s.traits.pair_first):  # lock files: indexed now, decided later
+                done[id(store)] = self._run_store(store, partial(pairs.add, store), index_only=True)
+            for store in self.stores:
+                if id(store) not in done:
+                    done[id(store)] = self._run_store(store, paired(store), flush=judging.flush)
+            for target in pairs.leftovers():
+                process([target])
+            judging.flush()
+        finally:
+            judging.close()
         report.stores.extend(done[id(s)] for s in self.stores)
         report.liveness_api_calls = self.liveness.stats()
         report.finalize(self.clock(), started)
@@ -201,8 +225,10 @@ class Reaper:
         else:
             log.info(msg)
 
-    def _run_store(self, store: LockStore, on_lock: Callable[[LockRecord], None], index_only: bool = False) -> StoreReport:
-        """Scan one store, handing each lock to ``on_lock``; a failing store is reported, never raised."""
+    def _run_store(self, store: LockStore, on_lock: Callable[[LockRecord], None], index_only: bool = False,
+                   flush: Callable[[], None] | None = None) -> StoreReport:
+        """Scan one store, handing each lock to ``on_lock``, then ``flush`` (act on every candidate still being
+        judged); a failing store is reported, never raised."""
         sr = StoreReport(name=store.name)
         try:
             store.validate()
@@ -219,6 +245,8 @@ class Reaper:
             if not self.errors_in_output:
                 log.error(LOG_STORE_ERROR, extra={"run_id": self.run_id, "store": store.name, "error_code": sr.error_code,
                                                   "error": sr.error})
+        if flush is not None:  # the candidates scanned before a failure are still acted on
+            flush()
         st = store.stats()
         sr.items_scanned = st.get("items", 0)
         sr.digests_skipped = st.get("digests", 0)
@@ -231,18 +259,21 @@ class Reaper:
         return sr
 
     # ------------------------------------------------------------------ one candidate
-    def _safe_process(self, targets: list[Target], mode: str, budget: DeleteBudget) -> LockEntry:
+    def _safe_process(self, targets: list[Target], mode: str, budget: DeleteBudget,
+                      judged: Callable[[], Judgement] | None = None) -> LockEntry:
+        """``judged``: the judgement made ahead (a worker's result; it raises what the worker raised)."""
         try:
-            return self._process(targets, mode, budget)
+            return self._process(targets, mode, budget, judged)
         except Exception as exc:  # never crash the run over one item
             lock = targets[0].lock
             log.debug("unexpected error on %s", lock.key, exc_info=True)  # the error itself: on the lock's line
             failed = Reason(C.INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
             return _entry(lock, None, None, Outcome.ERROR, [failed])
 
-    def _process(self, targets: list[Target], mode: str, budget: DeleteBudget) -> LockEntry:
+    def _process(self, targets: list[Target], mode: str, budget: DeleteBudget,
+                 judgement: Callable[[], Judgement] | None = None) -> LockEntry:
         """One candidate lock: ``targets`` are its copies in delete order (two under double locking)."""
-        judged = self._judge(targets)
+        judged = judgement() if judgement is not None else self._judge(targets)
         stopped = self._gate(judged, mode, budget)
         if stopped is not None:
             return stopped
@@ -254,12 +285,18 @@ class Reaper:
 
     def _judge(self, targets: list[Target]) -> Judgement:
         """The pure decision; the checkers are asked only when it needs liveness."""
+        pure = self._pure(targets)
+        return self._with_liveness(pure) if pure.decision.needs_liveness else pure
+
+    def _pure(self, targets: list[Target]) -> Judgement:
+        """The decision without liveness, at this moment (on the scanning thread: ``now`` follows scan order)."""
         lock, now = targets[0].lock, self.clock()
-        decision, fact = decide(lock, self.policy, now), None
-        if decision.needs_liveness:
-            fact = self._check(lock, now)
-            decision = decide(lock, self.policy, now, fact)
-        return Judgement(tuple(targets), decision, fact, now)
+        return Judgement(tuple(targets), decide(lock, self.policy, now), None, now)
+
+    def _with_liveness(self, pure: Judgement) -> Judgement:
+        """The checkers' fact, and the decision taken again with it at the same ``now`` (may run on a worker)."""
+        fact = self._check(pure.lock, pure.now)
+        return Judgement(pure.targets, decide(pure.lock, self.policy, pure.now, fact), fact, pure.now)
 
     def _check(self, lock: LockRecord, now: datetime) -> LivenessFact:
         try:
@@ -348,6 +385,53 @@ class Reaper:
                 report.add_alert(AlertResult(sink=sink.name, status="error", detail=f"{type(exc).__name__}: {exc}"))
 
 
+
+class _Judging:
+    """The judge phase, ahead of gate -> audit -> execute: ``act(targets, judged)`` is called for every candidate
+    in the order ``add`` received them, on the calling thread; ``judged()`` returns its ``Judgement`` (or raises
+    what judging raised). With ``workers`` > 1 the liveness checks run on a thread pool, at most ``window``
+    candidates ahead of the oldest one not yet acted on; with 1, each candidate is judged and acted on at once."""
+
+    def __init__(self, reaper: Reaper, act: Callable[[list[Target], Callable[[], Judgement]], None],
+                 workers: int, window: int) -> None:
+        self._reaper = reaper
+        self._act = act
+        self._window = max(1, window)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lock-reaper-judge") if workers > 1 else None
+        self._pending: deque[tuple[list[Target], Future[Judgement]]] = deque()
+
+    def add(self, targets: list[Target]) -> None:
+        if self._pool is None:  # one thread: exactly the sequential order of effects
+            self._act(targets, lambda: self._reaper._judge(targets))
+            return
+        judged: Future[Judgement]
+        try:
+            pure = self._reaper._pure(targets)
+        except Exception as exc:  # acted on in its turn: an error entry
+            judged = Future()
+            judged.set_exception(exc)
+        else:
+            if pure.decision.needs_liveness:
+                judged = self._pool.submit(self._reaper._with_liveness, pure)
+            else:
+                judged = Future()
+                judged.set_result(pure)
+        self._pending.append((targets, judged))
+        while self._pending and (self._pending[0][1].done() or len(self._pending) > self._window):
+            self._next()
+
+    def flush(self) -> None:
+        """Act on every candidate added so far (waiting for their checks)."""
+        while self._pending:
+            self._next()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _next(self) -> None:
+        targets, judged = self._pending.popleft()
+        self._act(targets, judged.result)
 
 
 def delete_outcome_record(run_id: str, lock: LockRecord, audit_ref: str, result: str, detail: str,

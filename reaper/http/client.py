@@ -8,6 +8,11 @@ What it does for every call, so the checkers need not:
   paused for the rest of the run), ``X-RateLimit-Remaining`` /
   ``RateLimit-Remaining`` at or below a reserve pauses the provider until reset;
 - a per-run budget of calls;
+- concurrency: one ``JsonApi`` is shared by the engine's judge workers. The counter, the
+  ETag cache and the rate gate are locked; the budget is taken atomically (never
+  exceeded); a rate limit one call meets pauses the provider for every thread (their
+  calls are refused: unknown), and while one call waits out a short ``Retry-After`` the
+  others wait too before calling;
 - pagination by ``Link: rel="next"`` (GitHub, GitLab) or ``X-Next-Page`` (GitLab);
 - a count of calls per kind and per status (``ApiCounter``).
 
@@ -87,7 +92,8 @@ class ApiCounter:
 
     @property
     def total(self) -> int:
-        return sum(self.calls.values())
+        with self._lock:
+            return sum(self.calls.values())
 
     def to_dict(self) -> dict[str, Any]:
         with self._lock:
@@ -138,7 +144,8 @@ class EtagCache:
                 self._data.popitem(last=False)
 
     def __len__(self) -> int:
-        return len(self._data)
+        with self._lock:
+            return len(self._data)
 
 
 # One cache per process: a warm Lambda keeps its ETags from run to run.
@@ -241,7 +248,11 @@ def _seconds(value: timedelta | float) -> float:
 
 
 class RateGate:
-    """Whether the next call may go: the per-run budget, and the pause a rate limit imposes."""
+    """Whether the next call may go: the per-run budget, and the pause a rate limit imposes.
+
+    Shared by the threads that call one provider: the budget is counted under a lock (a call past
+    ``max_calls`` is never sent), a pause set by one thread refuses every thread's next call, and a short
+    ``Retry-After`` one thread waits out holds the others' next calls for as long (``held``)."""
 
     def __init__(self, name: str, limits: HttpLimits, counter: ApiCounter, clock: Callable[[], float] = time.time):
         self.name = name
@@ -251,7 +262,17 @@ class RateGate:
         self.calls = 0
         self.paused_until: float | None = None
         self.pause_reason = ""
+        self.held_until: float | None = None  # a short Retry-After being waited out by ``_holder``
+        self._holder: int | None = None
         self._lock = threading.Lock()
+
+    def held(self) -> float:
+        """Seconds this thread should wait before its next call: another thread is waiting out a short
+        ``Retry-After`` (0 when none is, or this thread is the one waiting)."""
+        with self._lock:
+            if self.held_until is None or self._holder == threading.get_ident():
+                return 0.0
+            return max(0.0, self.held_until - self.clock())
 
     def admit(self, kind: str, url: str) -> None:
         """Count one call, or raise (counted as skipped) if the provider is paused or the budget spent."""
@@ -269,8 +290,9 @@ class RateGate:
             self.calls += 1
 
     def pause(self, until: float, reason: str) -> None:
-        self.paused_until = max(self.paused_until or 0.0, until)
-        self.pause_reason = reason
+        with self._lock:
+            self.paused_until = max(self.paused_until or 0.0, until)
+            self.pause_reason = reason
         log.warning("%s API paused until %s: %s", self.name, time.strftime("%H:%M:%SZ", time.gmtime(until)), reason)
 
     def answered(self, status: int, headers: Mapping[str, str], *, kind: str, url: str, may_wait: bool) -> float | None:
@@ -288,6 +310,9 @@ class RateGate:
             wait = max(0.0, reset - now)
         if wait is not None and wait <= self.limits.max_retry_wait and may_wait:
             log.info("%s rate limited (%s): waiting %.1fs as Retry-After asks", self.name, status, wait)
+            with self._lock:  # the other threads wait as long before their next call
+                if self.held_until is None or now + wait > self.held_until:
+                    self.held_until, self._holder = now + wait, threading.get_ident()
             return wait
         self.pause(now + (wait if wait is not None else 60.0), f"rate limited (HTTP {status})")
         raise RateLimited(f"{self.name} {kind}: rate limited (HTTP {status})", url=url, status=status, kind=kind)
@@ -400,6 +425,9 @@ class JsonApi:
                              use_auth=use_auth, conditional=conditional, body=body)
         retried = False
         while True:
+            held = self.gate.held()
+            if held > 0:  # another call is waiting out a short Retry-After: do not call meanwhile
+                self.sleep(held)
             self.gate.admit(kind, call.url)
             resp = self._send(call)
             rh = {k.lower(): v for k, v in resp.headers.items()}

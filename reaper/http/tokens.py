@@ -128,17 +128,26 @@ def redact_botocore_secret_bodies() -> None:
 
 
 class SecretsSource:
-    """Reads secrets through Powertools ``parameters`` (its own cache, ``max_age`` seconds)."""
+    """Reads secrets through Powertools ``parameters`` (its own cache, ``max_age`` seconds).
+
+    Shared by the engine's judge workers: one lock around the provider's creation and each read, so a
+    secret is fetched once, not once per thread that needs it at the same moment (Powertools' cache
+    is not locked: two threads would both miss it)."""
 
     def __init__(self, provider: Any = None, max_age: int = 300, client_factory: Callable[..., Any] | None = None):
         redact_botocore_secret_bodies()
         self._provider = provider
         self._client_factory = client_factory
         self.max_age = max_age
+        self._lock = threading.RLock()
 
     @property
     def provider(self) -> Any:
         """Created on first use: a run that needs no secret creates no Secrets Manager client."""
+        with self._lock:
+            return self._create()
+
+    def _create(self) -> Any:
         if self._provider is None:
             from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
@@ -148,7 +157,8 @@ class SecretsSource:
 
     def get(self, name: str) -> Any:
         try:
-            return self.provider.get(name, max_age=self.max_age)
+            with self._lock:
+                return self.provider.get(name, max_age=self.max_age)
         except Exception as exc:  # the text of AWS errors is safe, but keep it short and never echo values
             raise AuthError(f"cannot read secret {name!r} ({type(exc).__name__})") from None
 

@@ -176,32 +176,49 @@ def contested(source: str, reason: str, *evidence: Evidence) -> LivenessFact:
 
 
 class Memo:
-    """Per-run memo of API answers, errors included (a failing endpoint is asked once)."""
+    """Per-run memo of API answers, errors included (a failing endpoint is asked once).
+
+    Thread-safe and single-flight: while one thread fetches an answer, the others that ask for the
+    same one wait for it (and count as memo hits), so concurrent judging makes no more calls than
+    sequential judging. An exception other than ``ApiError`` is not kept: the next caller asks again."""
 
     def __init__(self, counter: Any = None):
         self._data: dict[Any, tuple[bool, Any]] = {}
+        self._fetching: dict[Any, threading.Event] = {}
         self._lock = threading.Lock()
         self.counter = counter
 
     def get(self, kind: str, key: Any, fn: Callable[[], T]) -> T:
-        with self._lock:
-            hit = self._data.get((kind, key))
-        if hit is not None:
-            if self.counter is not None:
-                self.counter.memo(kind)
-            ok, value = hit
-            if ok:
-                return value
-            raise value
+        k = (kind, key)
+        while True:
+            with self._lock:
+                hit = self._data.get(k)
+                busy = self._fetching.get(k) if hit is None else None
+                if hit is None and busy is None:
+                    self._fetching[k] = threading.Event()  # this thread fetches it
+            if hit is not None:
+                if self.counter is not None:
+                    self.counter.memo(kind)
+                ok, value = hit
+                if ok:
+                    return value
+                raise value
+            if busy is None:
+                break
+            busy.wait()  # another thread is fetching this answer: then it is a hit (or ours to fetch)
         try:
             value = fn()
         except ApiError as exc:
             with self._lock:
-                self._data[(kind, key)] = (False, exc)
+                self._data[k] = (False, exc)
             raise
-        with self._lock:
-            self._data[(kind, key)] = (True, value)
-        return value
+        else:
+            with self._lock:
+                self._data[k] = (True, value)
+            return value
+        finally:
+            with self._lock:
+                self._fetching.pop(k).set()
 
     def clear(self) -> None:
         with self._lock:

@@ -21,6 +21,7 @@ One live-jobs list and one finished-jobs list per project per run; pagination by
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -86,17 +87,34 @@ class GitLabApi:
         job ids grow with creation, so every later page is older still. The URL carries no time,
         so its ETag holds from run to run. Cut short by ``max_pages`` before the horizon: incomplete.
 
-        Memoised per project for the run: ``horizon`` only moves forward within a run, and a list
-        read down to an earlier horizon covers a later one."""
+        Memoised per project for the run: a list read down to an earlier horizon covers a later one.
+        Judged concurrently, a later candidate (a later ``now``, a later horizon) may read it first:
+        a list that stopped short of this ``horizon`` is read again down to it."""
         params = [("scope[]", s) for s in FINISHED_SCOPES] + [("order_by", "id"), ("sort", "desc"), ("per_page", 100)]
 
-        def reached(page: list[dict[str, Any]]) -> bool:
+        def reaches(page: list[dict[str, Any]], to: datetime) -> bool:
             made = [ts(j.get("created_at")) for j in page]
             # a job without a readable created_at tells nothing about the horizon: read on
-            return any(c is not None and c < horizon for c in made)
+            return any(c is not None and c < to for c in made)
 
-        return self.memo.get("gitlab.finished_jobs", str(project), lambda: self.api.get_all(
-            f"projects/{_project_ref(project)}/jobs", kind="gitlab.finished_jobs", params=params, enough=reached))
+        def read(to: datetime) -> Callable[[], tuple[list[dict[str, Any]], bool, datetime | None]]:
+            def go() -> tuple[list[dict[str, Any]], bool, datetime | None]:
+                stopped: list[bool] = []
+
+                def enough(page: list[dict[str, Any]]) -> bool:
+                    if reaches(page, to):
+                        stopped.append(True)
+                    return bool(stopped)
+
+                items, complete = self.api.get_all(f"projects/{_project_ref(project)}/jobs", kind="gitlab.finished_jobs",
+                                                   params=params, enough=enough)
+                return items, complete, to if stopped else None  # None: the whole list, it covers any horizon
+            return go
+
+        items, complete, read_to = self.memo.get("gitlab.finished_jobs", str(project), read(horizon))
+        if read_to is not None and read_to > horizon and complete and not reaches(items, horizon):
+            items, complete, _ = self.memo.get("gitlab.finished_jobs", (str(project), horizon), read(horizon))
+        return items, complete
 
 
 class GitLabClaimVerifier:
