@@ -204,6 +204,7 @@ def test_organization_scan_reap_and_events(moto_env: Any, enforced_iam: Any, tmp
     scan = cli(tmp_path, moto_env, ops, "scan", "--config", str(policy), "--role-arn", ROLE_TEMPLATE, "--org",
                "--exclude", CENTRAL, "--external-id", EXTERNAL_ID, "--json", "--quiet")
     assert scan.returncode == 1, scan.stderr  # one account failed
+    (tmp_path / "scan-org.json").write_text(scan.stdout)  # docs/many-accounts-cli.md shows a run of this
     doc = json.loads(scan.stdout)
     assert [s["account"] for s in doc["accounts"]] == sorted([m1, m2, m3]), "ACTIVE members only, sorted; closed one left out"
     by = {s["account"]: s for s in doc["accounts"]}
