@@ -21,7 +21,10 @@ The contract, for every kind:
 - a list cut short (more items than max_pages x per_page) is UNKNOWN, never DEAD;
 - a lock the evidence says nothing about is not asked (the composite answers
   UNKNOWN with no checker);
-- state activity never answers DEAD.
+- state activity never answers DEAD;
+- a lease (``lock-reaper run``): dead on a recorded exit after grace, or on a counter the
+  reaper itself watched stand still for lease + grace (contained and fenced), and only then
+  for a heartbeat time in the future; a fresh lease outvotes a CI API that says "completed".
 
 Cases that do not apply to a kind skip with "N/A" and the reason.
 """
@@ -35,7 +38,7 @@ import pytest
 from reaper.models import Liveness, LivenessFact
 from reaper.ports import LivenessChecker
 
-from .worlds import UNKNOWN, WORLDS, GitHubRunners, GitLabRunnerHostname, StateActivity, World
+from .worlds import NOW, UNKNOWN, WORLDS, ClaimsGitHub, GitHubRunners, GitLabRunnerHostname, Lease, StateActivity, World
 
 KINDS = list(WORLDS)
 CASES = ["alive", "dead", "unknown", "within_grace", "within_skew", "truncated", "out_of_scope"]
@@ -69,7 +72,7 @@ def assert_answered(w: World, fact: LivenessFact) -> None:
 
 def test_every_kind_has_a_world() -> None:
     assert set(KINDS) == {"claims-github", "claims-gitlab", "github-runners", "github-repos", "gitlab-project-mapping",
-                          "gitlab-runner-hostname", "state-activity", "hcp-runs"}
+                          "gitlab-runner-hostname", "state-activity", "hcp-runs", "lease"}
     for w in WORLDS.values():
         assert set(w.expect) == set(CASES), w.kind
 
@@ -169,3 +172,57 @@ def test_gitlab_runner_hostnames_are_read_only_with_runner_hosts(case: str, requ
     w = GitLabRunnerHostname(request, runner_hosts=False)
     fact = w.ask(getattr(w, case)())
     assert fact.state is UNKNOWN and fact.checkers == (), fact.reason
+
+
+# ---------------------------------------------------------------- leases (lock-reaper run)
+def test_lease_dead_once_the_reaper_watched_the_counter_stand_still_for_lease_plus_grace(
+        request: pytest.FixtureRequest) -> None:
+    from datetime import timedelta
+
+    w = Lease(request)
+    lock = w.stopped()  # first seen an hour ago by the reaper's clock; contained and fenced
+    fact = w.ask(lock)
+    assert fact.state is Liveness.DEAD and "unchanged for 1h" in fact.reason, fact.reason
+    assert_answered(w, fact)
+    w.rebuild()
+    w.now = NOW - timedelta(hours=1) + timedelta(seconds=w.seconds) + timedelta(minutes=5) - timedelta(seconds=1)
+    early = w.ask(lock)  # one second short of lease + grace
+    assert early.state is UNKNOWN and early.contested, early.reason
+
+
+def test_lease_skewed_future_heartbeat_is_dead_only_after_the_reapers_own_lease_plus_grace(
+        request: pytest.FixtureRequest) -> None:
+    from datetime import timedelta
+
+    w = Lease(request)
+    lock = w.leased(heartbeat_at=NOW + timedelta(days=30))  # the writer's clock runs a month ahead
+    first = w.ask(lock)
+    assert first.state is Liveness.ALIVE and "in the future" in first.reason, first.reason
+    lease_and_grace = timedelta(seconds=w.seconds, minutes=5)
+    for later, state in ((lease_and_grace - timedelta(seconds=1), Liveness.ALIVE), (lease_and_grace, Liveness.DEAD)):
+        w.rebuild()
+        w.now = NOW + later
+        fact = w.ask(lock)
+        assert fact.state is state, (later, fact.reason)
+        assert_answered(w, fact)
+
+
+def test_a_fresh_lease_outvotes_a_ci_api_that_says_completed(request: pytest.FixtureRequest) -> None:
+    """A self-hosted runner's job is over, its Terraform still runs under the wrapper (issue 12)."""
+    from datetime import timedelta
+
+    from reaper.liveness.lease_fields import LeaseState
+
+    from .worlds import created, terraform_lock
+
+    w = ClaimsGitHub(request)
+    lock = terraform_lock(f"runner@{w.runner}")
+    lease = LeaseState(seconds=120, heartbeat=40, heartbeat_at=NOW - timedelta(seconds=20),
+                       containment=("pdeathsig",), fenced=True, exclusive=True)
+    w.put_claim(lock, claimed_at=created(lock) - timedelta(seconds=40), provider="github", api_url=w.fake.github_api,
+                repo=w.repo, run_id=w.run_id, run_attempt=1, runner_name=w.runner, lease=lease)
+    w.job(lock, 5001, "completed", created(lock) + timedelta(minutes=15))
+    fact = w.ask(lock)
+    assert fact.state is Liveness.ALIVE, fact.reason
+    assert set(fact.checkers) == {"claims", "lease"}
+    assert any(e.source == "github-claim" and "completed" in e.detail for e in fact.evidence), fact.evidence

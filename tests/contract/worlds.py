@@ -622,7 +622,141 @@ class HCPRuns(World):
         self.fake.fail("GET", r"^/api/v2/runs/", status, headers=headers, times=1000)
 
 
+# ================================================================ leases (lock-reaper run)
+class FailingDynamoDB:
+    """The DynamoDB client the wiring gets: moto's, with the observations' GetItem failing on demand."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.failure: tuple[int, dict[str, str]] | None = None
+
+    def get_item(self, **kw: Any) -> Any:
+        if self.failure is not None:
+            from botocore.exceptions import ClientError
+
+            status, headers = self.failure
+            code = {403: "AccessDeniedException", 429: "ThrottlingException", 500: "InternalServerError"}.get(
+                status, str(status))
+            meta = {"HTTPStatusCode": status, "HTTPHeaders": {k.lower(): v for k, v in headers.items()}}
+            raise ClientError({"Error": {"Code": code, "Message": "injected"}, "ResponseMetadata": meta},  # type: ignore[typeddict-item]
+                              "GetItem")
+        return self.client.get_item(**kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+class Lease(World):
+    """Leases ``lock-reaper run`` keeps in its claim (provider none: a run outside any CI system), on moto
+    DynamoDB: the claims table, and the run-state table (REAPER_LEASE_TABLE) where the reaper keeps its own
+    sightings between runs. An arrangement that needs an earlier sighting makes it with an earlier run
+    (``seen``: a new build asked at that time by the reaper's clock).
+
+    Its proofs of death are the recorded exit (``dead``; ``within_skew``: EndedAt 2 minutes after Created is
+    still dead, both come from the same host clock) and a counter the reaper watched stand still for lease +
+    grace (tests in test_liveness_contract.py); ``unknown``: a heartbeat that stopped without containment.
+    """
+
+    kind = "lease"
+    checker = "lease"
+    sources = frozenset({"lease"})
+    expect = {"alive": ALIVE, "dead": DEAD, "unknown": UNKNOWN, "within_grace": ALIVE, "within_skew": DEAD,
+              "truncated": LIST_NA, "out_of_scope": UNKNOWN}
+    env = {"REAPER_LEASE_TABLE": "run-state"}
+    who = "deploy@jenkins-agent-4"
+    seconds = 120
+
+    def __init__(self, request: pytest.FixtureRequest, *, short_pages: bool = False) -> None:
+        super().__init__(request, short_pages=short_pages)
+        import boto3
+
+        from devtools.locks import create_claims_table
+        from reaper.liveness.claims import ClaimStore
+
+        request.getfixturevalue("aws")  # in-process moto
+        raw = boto3.client("dynamodb", region_name="us-east-1")
+        create_claims_table(raw, "claims")
+        raw.create_table(TableName="run-state", AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}], BillingMode="PAY_PER_REQUEST")
+        self.ddb = FailingDynamoDB(raw)
+        self.claims = ClaimStore(raw, "claims")
+
+    def client_factory(self, service: str, region: str | None = None) -> Any:
+        assert service == "dynamodb", service
+        return self.ddb
+
+    def policy_doc(self) -> dict[str, Any]:
+        return {"mode": "report", "clock_skew": "5m", "rules": [{"match": "*", "max_age": "2h", "hard_max_age": "2d"}],
+                "liveness": {"grace": "5m", "claims": {"table": "claims"}, "state_activity": {"enabled": False}}}
+
+    def leased(self, with_lease: bool = True, **lease: Any) -> LockRecord:
+        from reaper.liveness.claims import Claim
+        from reaper.liveness.lease_fields import LeaseState
+
+        lock = terraform_lock(self.who)
+        c = created(lock)
+        fields: dict[str, Any] = {"seconds": self.seconds, "heartbeat": 9, "heartbeat_at": c + timedelta(minutes=1),
+                                  "containment": ("pdeathsig", "subreaper"), "fenced": True, "exclusive": True}
+        fields.update(lease)
+        self.claims.put(Claim(who=self.who, claimed_at=c - timedelta(seconds=20), provider="none",
+                              lease=LeaseState(**fields) if with_lease else None))
+        return lock
+
+    def seen(self, lock: LockRecord, at: datetime) -> None:
+        """An earlier reaper run, at ``at`` by its clock, saw the lease as it is now."""
+        self.rebuild()
+        self.built().liveness.check(lock, at)
+        self.rebuild()
+
+    def alive(self) -> LockRecord:
+        return self.leased(heartbeat_at=NOW - timedelta(seconds=30))
+
+    def ended(self, at: Callable[[LockRecord], datetime], seen_at: datetime) -> LockRecord:
+        lock = terraform_lock(self.who)
+        lock = self.leased(ended_at=at(lock), exit_code=1, heartbeat_at=at(lock) - timedelta(seconds=10))
+        self.seen(lock, seen_at)
+        return lock
+
+    def dead(self) -> LockRecord:
+        return self.ended(lambda lock: created(lock) + timedelta(minutes=15), NOW - timedelta(minutes=10))
+
+    def within_grace(self) -> LockRecord:
+        return self.ended(lambda lock: NOW - timedelta(minutes=2), NOW - timedelta(minutes=2))
+
+    def within_skew(self) -> LockRecord:
+        return self.ended(lambda lock: created(lock) + timedelta(minutes=2), NOW - timedelta(minutes=10))
+
+    def unknown(self) -> LockRecord:
+        lock = self.leased(containment=(), fenced=False)  # the heartbeat stopped; nothing stops the command
+        self.seen(lock, NOW - timedelta(hours=1))
+        return lock
+
+    def stopped(self, **lease: Any) -> LockRecord:
+        """Contained and fenced; the reaper first saw this counter an hour ago."""
+        lock = self.leased(**lease)
+        self.seen(lock, NOW - timedelta(hours=1))
+        return lock
+
+    def out_of_scope(self) -> LockRecord:
+        # a claim without a lease (no LeaseSeconds) whose item says the run ended long ago
+        lock = self.leased(with_lease=False)
+        item = self.claims.client.get_item(TableName="claims", Key={
+            "Who": {"S": self.who}, "ClaimedAt": {"S": _claim_time(created(lock) - timedelta(seconds=20))}})["Item"]
+        item.update({"EndedAt": {"S": _claim_time(created(lock) + timedelta(minutes=15))}, "ExitCode": {"N": "1"}})
+        self.claims.client.put_item(TableName="claims", Item=item)
+        return lock
+
+    def fail(self, status: int, headers: dict[str, str]) -> None:
+        self.ddb.failure = (status, headers)
+
+
+def _claim_time(at: datetime) -> str:
+    from reaper.models import claim_time
+
+    return claim_time(at)
+
+
 WORLDS: dict[str, type[World]] = {w.kind: w for w in (
     ClaimsGitHub, ClaimsGitLab, GitHubRunners, GitHubRepos, GitLabProjectMapping, GitLabRunnerHostname,
-    StateActivity, HCPRuns,
+    StateActivity, HCPRuns, Lease,
 )}
