@@ -67,9 +67,10 @@ def _iso(value: datetime | None) -> str:
     return value.astimezone(UTC).isoformat() if isinstance(value, datetime) else ""
 
 
-def _when(value: str | None) -> datetime | None:
+def _when(value: Any) -> datetime | None:
+    """An ISO time of a watch item; None for anything else (a malformed item is then expired)."""
     try:
-        return datetime.fromisoformat(value) if value else None
+        return datetime.fromisoformat(value) if isinstance(value, str) and value else None
     except ValueError:
         return None
 
@@ -275,6 +276,9 @@ class RunWatch:
                        f"{report.started_at} by more than the clock skew")
             return
         reaped_at = _when(finding.reaped_at) or self.clock()
+        # a versioned bucket: the lock file's newest version now (the reaped one, if it was a lock file); any
+        # version listed before it later is a lock taken after the reap, even one released between two runs
+        lock_version = str(versions.lock_versions[0].get("VersionId") or "") if versions and versions.lock_versions else ""
         marker = max((m["LastModified"] for m in versions.lock_markers if isinstance(m.get("LastModified"), datetime)),
                      default=None) if versions else None
         self.table.put({
@@ -284,6 +288,7 @@ class RunWatch:
             "run_started_at": report.started_at, "audit_ref": e.audit_ref or "",
             "at_status": base.status, "at_etag": base.etag, "at_version_id": base.version_id,
             "at_last_modified": _iso(base.last_modified), "at_lock_deleted": _iso(marker),
+            "lock_versions_listed": versions is not None, "at_lock_version": lock_version,
             "watch_until": (reaped_at + WATCH_FOR).isoformat(),
             "expires_at": int((reaped_at + WATCH_FOR + WATCH_TTL_EXTRA).timestamp()),
             "unknown_reported": base.status == "unreadable",
@@ -344,18 +349,27 @@ class RunWatch:
         report.watch.resolved += 1
 
     def _look(self, bucket: str, key: str, item: dict[str, Any]) -> tuple[Seen, Versions | None]:
-        versioned = item.get("at_version_id") not in _NO_VERSION or bool(item.get("at_lock_deleted"))
+        versioned = item.get("at_version_id") not in _NO_VERSION or bool(item.get("lock_versions_listed"))
         versions = self.state.versions(bucket, key) if versioned else None
         return self.state.head(bucket, key), versions
 
     @staticmethod
     def _lock_taken_since(item: dict[str, Any], versions: Versions) -> datetime | None:
-        """When S3 dates the first lock file written after the reap's delete marker, if any (S3's clock both)."""
-        deleted = _when(item.get("at_lock_deleted"))
-        if deleted is None:
+        """When S3 dates the first lock file version written after the reap, if any: the versions listed
+        before the newest one seen at the reap (or, that one gone, dated after the reap's delete marker)."""
+        if not item.get("lock_versions_listed"):
             return None
-        return min((v["LastModified"] for v in versions.lock_versions
-                    if isinstance(v.get("LastModified"), datetime) and v["LastModified"] > deleted), default=None)
+        at, ids = str(item.get("at_lock_version", "")), [str(v.get("VersionId")) for v in versions.lock_versions]
+        if not at:
+            newer = versions.lock_versions
+        elif at in ids:
+            newer = versions.lock_versions[: ids.index(at)]
+        else:
+            deleted = _when(item.get("at_lock_deleted"))
+            newer = [v for v in versions.lock_versions
+                     if deleted and isinstance(v.get("LastModified"), datetime) and v["LastModified"] > deleted]
+        dates = [v["LastModified"] for v in newer if isinstance(v.get("LastModified"), datetime)]
+        return min(dates) if dates else (datetime.now(UTC) if newer else None)
 
     def _written_after(self, item: dict[str, Any], now_seen: Seen, versions: Versions | None) -> tuple[datetime, str] | None:
         """(when S3 dates the first write after the reap, what changed), or None: unchanged since the reap."""
