@@ -78,16 +78,44 @@ def _say(fd: int, line: str) -> None:
         pass
 
 
+class _Wake:
+    """The guard's signals: SIGCHLD and the parent-death signal wake its ``select`` (through
+    Python's wakeup fd, portable: no ``sigtimedwait`` off Linux); the rest are ignored."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.w, False)
+        self.parent_died = False
+        for sig in IGNORED:
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(PDEATH_SIGNAL, self._died)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, WAITED)
+        signal.set_wakeup_fd(self.w)
+
+    def _died(self, *_: object) -> None:
+        self.parent_died = True
+
+    def wait(self, fds: list[int], timeout: float) -> list[int]:
+        try:
+            ready, _, _ = select.select([self.r, *fds], [], [], timeout)
+        except InterruptedError:
+            return []
+        if self.r in ready:
+            try:
+                os.read(self.r, 4096)
+            except BlockingIOError:
+                pass
+        return [fd for fd in ready if fd != self.r]
+
+
 def _quiet_signals() -> None:
     try:
-        signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(-1)  # the wrapper's: never write into it
     except (ValueError, OSError):
         pass
     for sig in IGNORED:
         signal.signal(sig, signal.SIG_IGN)
-    for sig in WAITED:
-        signal.signal(sig, lambda *_: None)
-    signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
 
 
 def _guard(argv: list[str], env: dict[str, str], ctl: int, rep: int, wrapper: int, try_pidns: bool) -> int:
@@ -148,14 +176,15 @@ def _kill_all(pidns: bool) -> None:
 
 def _leader(argv: list[str], env: dict[str, str], ctl: int, rep: int, wrapper: int, pidns: bool) -> int:
     kinds: list[str] = []
+    wake = _Wake()  # before the prctl: the parent-death signal has its handler already
     if host.LINUX and host.set_pdeathsig(PDEATH_SIGNAL):
         kinds.append("pdeathsig")
     if pidns:
         kinds.append("pidns")
     if pidns or (host.LINUX and host.set_child_subreaper()):
         kinds.append("subreaper")  # the init of a namespace reaps its orphans too
-    if not host.LINUX:
-        kinds.append("poll")
+    if "pdeathsig" not in kinds:
+        kinds.append("poll")  # the control pipe and getppid, every POLL_SECONDS
     os.setpgid(0, 0)
     if not pidns and os.getppid() != wrapper:
         return 0  # the wrapper died before the prctl: nothing was started
@@ -178,11 +207,8 @@ def _leader(argv: list[str], env: dict[str, str], ctl: int, rep: int, wrapper: i
     _say(rep, "started")
     code: int | None = None
     while True:
-        try:
-            sig = signal.sigtimedwait(WAITED, POLL_SECONDS)
-        except InterruptedError:
-            sig = None
-        if (sig is not None and sig.si_signo == PDEATH_SIGNAL) or _wrapper_gone(ctl, wrapper, pidns):
+        wake.wait([ctl], POLL_SECONDS)  # wakes on SIGCHLD, on the parent-death signal, on the pipe's EOF
+        if wake.parent_died or _wrapper_gone(ctl, wrapper, pidns):
             _kill_all(pidns)
         while True:
             try:
