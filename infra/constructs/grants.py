@@ -23,6 +23,11 @@ from ..settings import ReaperSettings, StateBucket
 from .nag import acknowledge, nag_render
 
 LOCK_FILE_SUFFIX = ".tflock"
+# Keys of the run-state table's items (reaper.lease.LEASE_KEY, reaper.watch.WATCH_PREFIX,
+# reaper.liveness.lease_observations.KEY_PREFIX; the CDK app may not import those modules).
+RUN_LEASE_KEY = "run-lease"
+WATCH_KEY_PREFIX = "watch#"
+LEASE_OBSERVATION_PREFIX = "lease#"
 STATE_FILE_SUFFIX = ".tfstate"
 
 
@@ -77,8 +82,14 @@ class RoleGrants:
 
     def run_state(self, table: dynamodb.ITable) -> None:
         """Run state: take (conditional put), read and release the run lease, in the stack's own table only;
-        with state objects granted, list the late-writer watch items (``watch#``; written with the same put/delete)."""
-        self.statement("RunLease", ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], [table.table_arn])
+        with state objects granted, list the late-writer watch items (``watch#``; written with the same put/delete).
+        Item writes are bound to their keys (``dynamodb:LeadingKeys``): the run lease and ``watch#`` items by
+        RunLease, the lease evidence's observations (``lease#``: read, conditional put, never delete) by
+        LeaseObservations."""
+        self.statement("RunLease", ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], [table.table_arn],
+                       {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [RUN_LEASE_KEY, f"{WATCH_KEY_PREFIX}*"]}})
+        self.statement("LeaseObservations", ["dynamodb:GetItem", "dynamodb:PutItem"], [table.table_arn],
+                       {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{LEASE_OBSERVATION_PREFIX}*"]}})
         if self.settings.state_activity_granted:
             self.statement("RunWatch", ["dynamodb:Scan"], [table.table_arn])
 

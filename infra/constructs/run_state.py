@@ -7,6 +7,11 @@ A run takes the lease with a conditional ``PutItem`` on the one item
 timeout (``REAPER_LEASE_SECONDS``), and deletes it at the end; a run that finds a
 live lease exits as skipped. TTL on ``expires_at`` only tidies up: the runtime
 compares the expiry itself, since TTL deletes items up to days late.
+
+The lease evidence keeps its observations here too (``lease#<Who>#<ClaimedAt>``: the
+counter it saw and when, by its own clock; ``reaper.liveness.lease_observations``), with a
+TTL a day past the claim's. Losing them only makes the reaper watch a lease again from
+the start: a later death, never an earlier one.
 """
 
 from __future__ import annotations

@@ -149,7 +149,12 @@ def test_lambda_role_statements_are_exactly_the_named_grants(synth):
         "RunLease": (
             ["dynamodb:DeleteItem", "dynamodb:GetItem", "dynamodb:PutItem"],
             ["${" + ids["run_state"] + ".Arn}"],
-            None,
+            {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["run-lease", "watch#*"]}},
+        ),
+        "LeaseObservations": (
+            ["dynamodb:GetItem", "dynamodb:PutItem"],
+            ["${" + ids["run_state"] + ".Arn}"],
+            {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["lease#*"]}},
         ),
         "RunWatch": (["dynamodb:Scan"], ["${" + ids["run_state"] + ".Arn}"], None),
         "ListStateBuckets": (["s3:ListBucket"], [f"{s3}tf-state-a", f"{s3}tf-state-b"], None),
@@ -434,8 +439,33 @@ def test_run_state_table(synth):
     users = [st for st in statements(synth.template) if arn in [render(r) for r in as_list(st["Resource"])]]
     assert [(st["Sid"], sorted(as_list(st["Action"])), len(as_list(st["Resource"]))) for st in users] == [
         ("RunLease", ["dynamodb:DeleteItem", "dynamodb:GetItem", "dynamodb:PutItem"], 1),
+        ("LeaseObservations", ["dynamodb:GetItem", "dynamodb:PutItem"], 1),  # the lease evidence's lease# items
         ("RunWatch", ["dynamodb:Scan"], 1),  # the late-writer watch lists its watch# items (state objects granted)
     ]
+
+
+def test_run_state_item_writes_are_bound_to_their_keys(synth):
+    """Every write on the run-state table names the table (no ``*`` resource) and the keys it may write:
+    the run lease and watch# items, or the lease evidence's lease# items (the runtime's own prefixes)."""
+    from infra.constructs.grants import LEASE_OBSERVATION_PREFIX, RUN_LEASE_KEY, WATCH_KEY_PREFIX
+    from reaper.lease import LEASE_KEY
+    from reaper.liveness.lease_observations import KEY_PREFIX
+    from reaper.watch import WATCH_PREFIX
+
+    assert (RUN_LEASE_KEY, WATCH_KEY_PREFIX, LEASE_OBSERVATION_PREFIX) == (LEASE_KEY, WATCH_PREFIX, KEY_PREFIX)
+    ids = _ids(synth)
+    arn = "${" + ids["run_state"] + ".Arn}"
+    writes = {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"}
+    writers = [st for st in statements(synth.template) if writes & set(as_list(st["Action"]))]
+    assert writers, "the role writes something"
+    for st in writers:
+        resources = [render(r) for r in as_list(st["Resource"])]
+        assert "*" not in resources and not any(r.endswith("*") for r in resources), st
+        if arn in resources:
+            keys = st["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+            assert keys and all(k != "*" for k in keys), st
+    lease = [st for st in statements(synth.template) if st.get("Sid") == "LeaseObservations"]
+    assert [sorted(as_list(st["Action"])) for st in lease] == [["dynamodb:GetItem", "dynamodb:PutItem"]]
 
 
 def test_lease_seconds_is_the_function_timeout(synth):
