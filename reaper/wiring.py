@@ -1,7 +1,7 @@
 """Composition root: the one place that builds the adapters of a run from a Policy.
 
 ``build_components(policy, deps)`` builds the stores, the composite liveness
-checker (claims, GitHub, GitLab, state activity, and each store's own checker:
+checker (claims, leases, GitHub, GitLab, state activity, and each store's own checker:
 HCP Terraform run status), the audit sink and the alert sinks; ``build_reaper``
 puts them in a ``Reaper``. ``Deps`` is everything from outside the policy: the
 boto3 client factory, the HTTP pool, the ETag cache, the API call counter, the

@@ -1,6 +1,7 @@
 """Combine the checkers' answers into one fact for the decision.
 
-- any checker says alive -> **alive** (one live signal is enough to keep);
+- any checker says alive -> **alive** (one live signal is enough to keep, over an
+  authoritative dead too: a fresh lease beats a CI API that says the job completed);
 - otherwise, an authoritative proof of death (one that does not rest on the
   lock's ``Created``: an idle runner named after the host, a claim of a
   single-use GitHub-hosted VM) -> **dead**;
