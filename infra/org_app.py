@@ -19,8 +19,8 @@ from .lock_reaper import LockReaperProps
 from .org_settings import ORG_KEY, load_org_settings
 from .settings import CONTEXT, CONTEXT_KEY, load_settings
 from .stack import LockReaperStack
-from .stackset import AssetBucketStack, LockReaperStackSetStack, asset_bucket_name, check_stackset_targets
-from .targets import BASE, MemberTarget, load_targets
+from .stackset import AssetBucketStack, LockReaperStackSetStack, asset_bucket_name
+from .targets import BASE, MemberTarget, check_stackset_targets, load_targets
 
 POLICIES_DIR = "lock-reaper-policies"  # in the cloud assembly: each override target's effective policy
 

@@ -37,7 +37,8 @@ def compose_member(stack: Stack, reaper: LockReaperProps, org: OrgSettings | Non
     Sets ``stack.reaper`` and ``stack.org``. ``regions``: where a stack set deploys the template (for the scan role).
     """
     stack.reaper = lr = LockReaper(stack, "LockReaper", reaper)  # type: ignore[attr-defined]
-    stack.org = org_parts = OrgMember(stack, "Org", lr, org, list(regions)) if org is not None else None  # type: ignore[attr-defined]
+    org_parts = OrgMember(stack, "Org", lr, org, list(regions)) if org is not None else None
+    stack.org = org_parts  # type: ignore[attr-defined]
     outputs = {
         "FunctionName": (lr.function.function_name, "The Lock Reaper function (invoke it for an ad hoc run)"),
         "AlertTopicArn": (lr.topic.topic_arn if lr.topic is not None else None, "SNS topic for alarms and reap reports"),

@@ -21,7 +21,6 @@ OU later gets exactly that template by auto-deployment, with nothing to override
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from aws_cdk import CfnStackSet, Duration, RemovalPolicy, Stack
@@ -31,73 +30,17 @@ from aws_cdk import aws_s3 as s3
 from cdk_stacksets import StackSetStack, StackSetTemplate
 from constructs import Construct
 
-from reaper.policy import Problem
-from reaper.policy.errors import format_loc
-from reaper.policy.lines import find
-from reaper.policy.overrides import OverridesFile
-
 from .constructs.nag import acknowledge
 from .lock_reaper import LockReaperProps
-from .org_settings import ORG, OrgSettings
-from .settings import SettingsError, SourcedProblem
+from .org_settings import OrgSettings
 from .stack import DESCRIPTION, compose_member
-from .targets import BASE, MemberTarget
+from .targets import BASE, InstanceGroup, MemberTarget, instance_groups
 
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"]  # the scan role has a name (arn:...:role/LockReaperScan)
 
 
 def asset_bucket_name(prefix: str, region: str) -> str:
     return f"{prefix}-{region}"
-
-
-@dataclass(frozen=True)
-class InstanceGroup:
-    """One ``StackInstances`` entry: OUs, accounts and how they combine (``AccountFilterType``)."""
-
-    organizational_units: tuple[str, ...]
-    accounts: tuple[str, ...] = ()
-    account_filter: str = "NONE"  # NONE | INTERSECTION | DIFFERENCE
-
-
-def instance_groups(org: OrgSettings, targets: Sequence[MemberTarget]) -> dict[str, list[InstanceGroup]]:
-    """Each target's stack instance groups, disjoint: an account named by an override runs that override only."""
-    base_ous = tuple(org.stackset.organizational_units)
-    override_ous = tuple(ou for t in targets for ou in t.organizational_units)
-    known_ous = tuple(dict.fromkeys(base_ous + override_ous))
-    named = tuple(dict.fromkeys(a for t in targets for a in t.accounts))
-    out: dict[str, list[InstanceGroup]] = {}
-    for t in targets:
-        groups: list[InstanceGroup] = []
-        ous = base_ous if t.name == BASE else t.organizational_units
-        if ous:
-            others = tuple(a for a in named if a not in t.accounts)
-            groups.append(InstanceGroup(ous, others, "DIFFERENCE") if others else InstanceGroup(ous))
-        if t.accounts:
-            groups.append(InstanceGroup(known_ous, t.accounts, "INTERSECTION"))
-        out[t.name] = groups
-    return out
-
-
-def target_problems(org: OrgSettings, overrides: OverridesFile | None) -> list[Problem]:
-    """OU overlaps that would put one account in two stack sets (the ones visible without AWS)."""
-    if overrides is None:
-        return []
-    base = org.stackset.organizational_units
-    roots = [ou for ou in base if ou.startswith("r-")]
-    out: list[Problem] = []
-    for i, o in enumerate(overrides.overrides.overrides):
-        for j, ou in enumerate(o.organizational_units):
-            loc = ("overrides", i, "organizational_units", j)
-            line = find(overrides.root, loc)
-            if ou in base:
-                out.append(SourcedProblem(overrides.source, line, format_loc(loc),
-                                          f"{ou} is also in {ORG}.stackset.organizational_units: a target takes one "
-                                          "stack set, remove it there"))
-            elif roots:
-                out.append(SourcedProblem(overrides.source, line, format_loc(loc),
-                                          f"{ORG}.stackset.organizational_units is the root {roots[0]}, which contains "
-                                          f"{ou}: list the OUs without the overridden ones there"))
-    return out
 
 
 class MemberTemplate(StackSetStack):
@@ -236,9 +179,3 @@ class LockReaperStackSetStack(Stack):
                     "CDK's BucketDeployment role (grantRead on the CDK staging bucket, grantReadWrite on each "
                     "region's asset bucket) copies the function zips: object wildcards of those buckets only.",
                 )
-
-
-def check_stackset_targets(org: OrgSettings, overrides: OverridesFile | None) -> None:
-    problems = target_problems(org, overrides)
-    if problems:
-        raise SettingsError(problems)

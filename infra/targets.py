@@ -16,6 +16,7 @@ bundled into that target's asset as ``policy.yaml``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ from pydantic import ValidationError
 
 from reaper.policy import ConfigError, Policy, Problem, load_policy
 from reaper.policy.errors import format_loc, message
-from reaper.policy.lines import load_yaml
+from reaper.policy.lines import find, load_yaml
 from reaper.policy.overrides import Attribution, Override, OverridesFile, effective_document, load_overrides, merge
 
+from .org_settings import ORG, OrgSettings
 from .settings import CONTEXT, ReaperSettings, SettingsError, SourcedProblem, cross_check, deployed_env, load_checked_policy
 
 BASE = "base"
@@ -123,3 +125,60 @@ def load_targets(
     if problems:
         raise SettingsError(problems)
     return targets, overrides
+
+
+# ----- stack set targets: disjoint stack instance groups -------------------------------------
+@dataclass(frozen=True)
+class InstanceGroup:
+    """One ``StackInstances`` entry: OUs, accounts and how they combine (``AccountFilterType``)."""
+
+    organizational_units: tuple[str, ...]
+    accounts: tuple[str, ...] = ()
+    account_filter: str = "NONE"  # NONE | INTERSECTION | DIFFERENCE
+
+
+def instance_groups(org: OrgSettings, targets: Sequence[MemberTarget]) -> dict[str, list[InstanceGroup]]:
+    """Each target's stack instance groups, disjoint: an account named by an override runs that override only."""
+    base_ous = tuple(org.stackset.organizational_units)
+    override_ous = tuple(ou for t in targets for ou in t.organizational_units)
+    known_ous = tuple(dict.fromkeys(base_ous + override_ous))
+    named = tuple(dict.fromkeys(a for t in targets for a in t.accounts))
+    out: dict[str, list[InstanceGroup]] = {}
+    for t in targets:
+        groups: list[InstanceGroup] = []
+        ous = base_ous if t.name == BASE else t.organizational_units
+        if ous:
+            others = tuple(a for a in named if a not in t.accounts)
+            groups.append(InstanceGroup(ous, others, "DIFFERENCE") if others else InstanceGroup(ous))
+        if t.accounts:
+            groups.append(InstanceGroup(known_ous, t.accounts, "INTERSECTION"))
+        out[t.name] = groups
+    return out
+
+
+def target_problems(org: OrgSettings, overrides: OverridesFile | None) -> list[Problem]:
+    """OU overlaps that would put one account in two stack sets (the ones visible without AWS)."""
+    if overrides is None:
+        return []
+    base = org.stackset.organizational_units
+    roots = [ou for ou in base if ou.startswith("r-")]
+    out: list[Problem] = []
+    for i, o in enumerate(overrides.overrides.overrides):
+        for j, ou in enumerate(o.organizational_units):
+            loc = ("overrides", i, "organizational_units", j)
+            line = find(overrides.root, loc)
+            if ou in base:
+                out.append(SourcedProblem(overrides.source, line, format_loc(loc),
+                                          f"{ou} is also in {ORG}.stackset.organizational_units: a target takes one "
+                                          "stack set, remove it there"))
+            elif roots:
+                out.append(SourcedProblem(overrides.source, line, format_loc(loc),
+                                          f"{ORG}.stackset.organizational_units is the root {roots[0]}, which contains "
+                                          f"{ou}: list the OUs without the overridden ones there"))
+    return out
+
+
+def check_stackset_targets(org: OrgSettings, overrides: OverridesFile | None) -> None:
+    problems = target_problems(org, overrides)
+    if problems:
+        raise SettingsError(problems)
