@@ -20,7 +20,8 @@ directory in an isolated 3.13 interpreter:
 One report-mode run, then one enforce run over a DynamoDB lock and an S3 ``.tflock``
 file, checking the JSON logs, the EMF metrics, the audit records in the audit
 bucket, the SNS message (through an SQS subscription) and the EventBridge events
-(through a rule targeting an SQS queue).
+(through a rule targeting an SQS queue). Then the late-writer watch: the S3 lock's
+holder writes its state after the reap, and the next run reports a late writer.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ alerts:
   metrics:
     enabled: true
     namespace: {NAMESPACE}
+liveness:
+  state_activity:
+    enabled: false
 """
 
 # The child: the asset dir is the only entry added to sys.path (Lambda's /var/task).
@@ -136,6 +140,7 @@ def deployed_template(e2e_policy: Path, tmp_path_factory: pytest.TempPathFactory
         "policy_file": str(e2e_policy),
         "lock_tables": [LOCK_TABLE],
         "state_buckets": [STATE_BUCKET],
+        "state_activity_evidence": True,  # the grant the late-writer watch reads state objects with
         "event_bus": EVENT_BUS,
     }
     app = build_app(ctx, outdir=str(tmp_path_factory.mktemp("e2e-cdk.out")))
@@ -325,7 +330,8 @@ def test_the_asset_runs_as_deployed(python313: str, host_asset: Path, deployed_t
     clients["sns"].subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=alerts_arn)
     events_url, events_arn = queue("e2e-events")
     clients["events"].put_rule(Name="e2e-reaped", EventBusName=EVENT_BUS,
-                               EventPattern=json.dumps({"detail-type": ["Terraform Lock Reaped"]}))
+                               EventPattern=json.dumps({"detail-type": ["Terraform Lock Reaped",
+                                                                        "Terraform Lock Late Writer"]}))
     clients["events"].put_targets(Rule="e2e-reaped", EventBusName=EVENT_BUS, Targets=[{"Id": "q", "Arn": events_arn}])
 
     # Two stale locks (2 days > hard_max_age 1d), their digest / state objects, and a fresh lock.
@@ -423,3 +429,17 @@ def test_the_asset_runs_as_deployed(python313: str, host_asset: Path, deployed_t
     assert sorted(e["detail"]["lock_path"] for e in events) == sorted([DDB_PATH, S3_PATH]), events
     assert all(e["detail-type"] == "Terraform Lock Reaped" and e["source"] == "lock-reaper" for e in events)
     assert all(e["detail"]["run_id"] == result["run_id"] and e["detail"]["outcome"] == "reaped" for e in events)
+
+    # (3) the late-writer watch: the S3 lock's "dead" holder writes its state after the reap. The next run finds it
+    # with the template's grants (REAPER_STATE_OBJECTS, HeadObject) and the run-state table's watch items.
+    assert variables["REAPER_STATE_OBJECTS"] == f"{STATE_BUCKET}/"
+    s3.put_object(Bucket=STATE_BUCKET, Key=S3_STATE_KEY, Body=b'{"version": 4, "serial": 8}')
+    late = run_asset(python313, asset, env, {})
+    (finding,) = late["probe"]["result"]["late_writers"]
+    assert (finding["lock_path"], finding["audit_ref"]) == (S3_PATH, reaped_lines[S3_PATH]["audit_ref"])
+    assert emf_metrics(late).get("LateWriter") == 1
+    assert [d["lock_path"] for d in log_lines(late) if d.get("message") == "late writer"] == [S3_PATH]
+    (msg,) = drain(sqs, alerts_url, 1)
+    assert "LATE WRITER" in json.loads(msg["Body"])["Subject"]
+    (event,) = [json.loads(m["Body"]) for m in drain(sqs, events_url, 1)]
+    assert event["detail-type"] == "Terraform Lock Late Writer" and event["detail"]["lock_path"] == S3_PATH
