@@ -20,13 +20,13 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 
 from reaper.policy import Problem
 from reaper.policy.errors import pydantic_problems
 from reaper.policy.types import Strict
 
-from .settings import SettingsError
+from .settings import RETENTION_DAYS, SettingsError
 
 ORG_KEY = "org"
 ORG = f"context.{ORG_KEY}"  # how problems name the block
@@ -95,6 +95,13 @@ class CentralSettings(Strict):
     archive_retention_days: int = Field(default=365, ge=0, description="0 keeps archived events forever")
     log_retention_days: int = 365
     observability_sink: bool = Field(default=False, description="create a CloudWatch cross-account observability sink")
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, v: int) -> int:
+        if v not in RETENTION_DAYS:
+            raise ValueError(f"{v} is not a CloudWatch Logs retention; choose one of {sorted(RETENTION_DAYS)}")
+        return v
 
 
 class StackSetSettings(Strict):

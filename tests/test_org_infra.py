@@ -411,6 +411,7 @@ def test_member_without_its_topic_alerts_only_through_the_central_account(tmp_pa
         ({"stackset": {"max_concurrent_percentage": 0}}, "context.org.stackset.max_concurrent_percentage", "greater than"),
         ({"stackset": {"asset_bucket_prefix": None}}, "context.org.stackset.asset_bucket_prefix", "required"),
         ({"stackset": {"colour": "blue"}}, "context.org.stackset.colour", "unknown field"),
+        ({"central": {"log_retention_days": 5000}}, "context.org.central.log_retention_days", "not a CloudWatch Logs retention"),
     ],
 )
 def test_org_context_errors_name_the_bad_key(change, key, words):
