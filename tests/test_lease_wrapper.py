@@ -22,6 +22,7 @@ Leases are 4-6 s here, so the suite stays fast. moto_server from tests/conftest.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -384,7 +385,7 @@ def test_exit_recorded_only_after_an_orphaned_grandchild_exits(ddb: Any, wrapped
 def test_exclusive_false_when_another_terraform_of_this_user_runs(ddb: Any, wrapped: Any, tmp_path: Path) -> None:
     foreign_bin = tmp_path / "terraform"
     foreign_bin.symlink_to("/bin/sleep")  # its comm is "terraform"
-    w = wrapped(["--lease", "4s", "--table", TABLE, "--", *py("import time; time.sleep(3)")])
+    w = wrapped(["--lease", "4s", "--table", TABLE, "--", *py("import time; time.sleep(2)")])
     w.started()
     foreign = subprocess.Popen([str(foreign_bin), "30"], start_new_session=True)  # after the claim: seen at a renewal
     try:
@@ -435,19 +436,22 @@ def test_claim_not_written_runs_anyway_or_not_with_require_lease(moto_env: Any, 
     assert "--require-lease" in w.stderr
 
 
-def test_usage_errors(moto_env: Any) -> None:
-    env = wrapper_env(moto_env.endpoint)
+def test_usage_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from reaper.cli import main
+
+    monkeypatch.delenv("REAPER_CLAIMS_TABLE", raising=False)
     for args, needle in ((["--lease", "3s", "--table", TABLE, "--", "true"], "too short to fence safely"),
                          (["--table", TABLE], "no command"),
                          (["--", "true"], "no claims table"),
                          (["--lease", "soon", "--table", TABLE, "--", "true"], "invalid duration")):
-        p = subprocess.run([sys.executable, "-m", "reaper", "run", *args], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=60)
-        assert p.returncode == 2 and needle in p.stderr, (args, p.stderr)
-    helped = subprocess.run([sys.executable, "-m", "reaper", "run", "--help"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=60)
-    for flag in ("--lease", "--table", "--region", "--who", "--shield", "--require-lease", "--json"):
-        assert flag in helped.stdout
+        err = io.StringIO()
+        assert main(["run", *args], err=err) == 2, args  # refused before anything is forked
+        assert needle in err.getvalue(), (args, err.getvalue())
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    helped = capsys.readouterr().out
+    for flag in ("--lease", "--table", "--region", "--who", "--shield", "--require-lease", "--json", "-- COMMAND"):
+        assert flag in helped
 
 
 @pytest.mark.parametrize("pidns", [True, False], ids=["pidns", "subreaper"])

@@ -33,6 +33,9 @@ lease can expire. The first SIGINT or SIGTERM is passed to the command once, as 
 repeated signals (a CI cancel's SIGTERM) are absorbed for --shield, so Terraform can cancel and
 release its lock. When every process of the command has exited, the exit is recorded in the
 claim. The exit code is the command's (128+N when a signal N ended it).
+
+One line on stderr at the start and one at the end (--json: JSON objects; stdout is the
+command's); the command's arguments and environment are never printed. See docs/leases.md.
 """
 
 
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace, err: Any, env: Mapping[str, str] | None = None
     if client_factory is not None:
         client = renew_client = client_factory("dynamodb", args.region)
     else:
-        client = bounded_client(args.region, timeout=max(1.0, schedule.call_timeout), attempts=3)
+        client = bounded_client(args.region, timeout=max(1.0, schedule.call_timeout), attempts=2)
         renew_client = bounded_client(args.region, timeout=schedule.call_timeout, attempts=1)
     opts = RunOptions(argv=argv, schedule=schedule, shield=shield, require_lease=args.require_lease,
                       json=bool(getattr(args, "json", False)), quiet=bool(getattr(args, "quiet", False)),
