@@ -151,8 +151,8 @@ class Monitoring:
         )
         dashboard.add_widgets(
             graph(
-                "Errors",
-                [m("errors"), fn.metric_errors(period=ALARM_PERIOD, statistic="Sum")],
+                "Errors, and late writers (false reaps: must stay zero)",
+                [m("errors"), fn.metric_errors(period=ALARM_PERIOD, statistic="Sum"), m("late_writers")],
                 [m("cap_hit", "Maximum")],
             ),
             graph(

@@ -1,12 +1,15 @@
-"""The run-state table: the run lease (one run at a time), and room for later run state.
+"""The run-state table: the run lease (one run at a time), and the late-writer watch items.
 
 A builder: it creates its resource in the given scope (see ``infra.constructs``).
 
 A run takes the lease with a conditional ``PutItem`` on the one item
 ``{"pk": "run-lease"}`` (``REAPER_LEASE_TABLE``), with an expiry of the function
 timeout (``REAPER_LEASE_SECONDS``), and deletes it at the end; a run that finds a
-live lease exits as skipped. TTL on ``expires_at`` only tidies up: the runtime
-compares the expiry itself, since TTL deletes items up to days late.
+live lease exits as skipped. The late-writer watch (``reaper/watch.py``) keeps one
+item per reaped lock, ``{"pk": "watch#<lock path>#<lock id>"}``, for a day (listed with
+a ``Scan`` filtered on that prefix: the table holds a handful of items). TTL on
+``expires_at`` only tidies up: the runtime compares the expiry itself, since TTL
+deletes items up to days late.
 
 The lease evidence keeps its observations here too (``lease#<Who>#<ClaimedAt>``: the
 counter it saw and when, by its own clock; ``reaper.liveness.lease_observations``), with a
@@ -42,6 +45,7 @@ class RunStateTable:
         acknowledge(
             self.table,
             "AwsSolutions-DDB3",
-            "No point-in-time recovery: the table holds only the run lease, which expires with the function "
-            "timeout; losing it lets at most one extra run start, and restoring it would bring back a dead lease.",
+            "No point-in-time recovery: the table holds the run lease, which expires with the function "
+            "timeout (losing it lets at most one extra run start, and restoring it would bring back a dead lease), "
+            "and day-long late-writer watch items (losing them loses at most a day of watching).",
         )
