@@ -439,6 +439,8 @@ def bench_p1(args: argparse.Namespace, server: MotoServer, ci: CIServer, ds: Dat
     r_bare = ratio(med["reaper_cycle"], med["bare_scan"])
     r_projected = ratio(med["reaper_cycle"], med["projected_scan"])
     cycle_calls = (last.get("reaper_cycle") or {}).get("liveness_api_calls", {}).get("by_kind", {})
+    from reaper.policy.liveness import HttpConfig
+
     return {
         "dataset": {"digests": len(ds.digests), "locks": len(ds.locks), "items": len(ds.items),
                     "holders": {k: sum(1 for m in ds.meta if m["kind"] == k)
@@ -447,6 +449,7 @@ def bench_p1(args: argparse.Namespace, server: MotoServer, ci: CIServer, ds: Dat
         "liveness": ("issue 4 checkers: claims table, GitHub runners per org, GitHub claimed run jobs, GitLab live jobs "
                      "and recently finished jobs per project; state_activity off; cold ETag cache per cycle") if with_ci
                     else "none configured (every holder unknown)",
+        "liveness_concurrency": HttpConfig().concurrency,  # the default: the benchmark's policy does not set it
         "reps": args.reps,
         "seconds": times,
         "median_seconds": med,
