@@ -500,3 +500,54 @@ def test_the_template_alarms_on_late_writers_to_the_topic_and_grants_least_privi
         resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
         if any(a.split(":")[1].startswith(("Put", "Delete", "Update", "Create")) for a in actions):
             assert "*" not in resources or all(a.startswith("xray:") for a in actions), st
+
+
+# ----------------------------------------------------------------------------------- a write during the reaping run
+class MemoryTable:
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def items(self) -> list[dict[str, Any]]:
+        return list(self.rows.values())
+
+    def put(self, item: dict[str, Any]) -> None:
+        self.rows[item["pk"]] = dict(item)
+
+    def delete(self, pk: str) -> None:
+        self.rows.pop(pk, None)
+
+
+class FixedHead:
+    def __init__(self, modified: datetime) -> None:
+        self.modified = modified
+
+    def head(self, bucket: str, key: str) -> Any:
+        from reaper.watch import Seen
+
+        return Seen("ok", etag='"e1"', last_modified=self.modified)
+
+    def versions(self, bucket: str, key: str) -> Any:
+        raise AssertionError("an unversioned object: no versions list")
+
+
+@pytest.mark.parametrize(("after_start", "late"), [(timedelta(minutes=6), True), (timedelta(minutes=4), False)])
+def test_a_write_s3_dates_after_the_reaping_run_started_by_more_than_the_skew(after_start: timedelta, late: bool) -> None:
+    from reaper.models import Outcome
+    from reaper.report import LockEntry, RunReport
+    from reaper.watch import RunWatch
+
+    started = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    report = RunReport(run_id="r1", mode="enforce", started_at=started.isoformat(),
+                       finished_at=(started + timedelta(minutes=1)).isoformat(), max_deletes_per_run=5)
+    report.locks.append(LockEntry(store=f"dynamodb:{LOCK_TABLE}", key=LOCK_PATH, lock_path=LOCK_PATH, lock_id="id-1",
+                                  operation="OperationTypeApply", who="ci@runner", created=None, age_seconds=None,
+                                  decision="reap", outcome=Outcome.REAPED, reasons=[], audit_ref="s3://audit/rec.json"))
+    table = MemoryTable()
+    watch = RunWatch(table, FixedHead(started + after_start), None, timedelta(minutes=5),  # type: ignore[arg-type]
+                     lambda: started + timedelta(minutes=1))
+    watch.publish(report)
+    assert bool(report.late_writers) is late, "S3's date vs the reaper's, only across clock_skew"
+    if late:
+        assert report.late_writers[0].audit_ref == "s3://audit/rec.json" and table.rows == {}
+    else:
+        assert list(table.rows) == [f"{WATCH_PREFIX}{LOCK_PATH}#id-1"], "within the skew: recorded and watched"
