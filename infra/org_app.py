@@ -25,8 +25,11 @@ from .targets import BASE, MemberTarget, check_stackset_targets, load_targets
 POLICIES_DIR = "lock-reaper-policies"  # in the cloud assembly: each override target's effective policy
 
 
-def add_stacks(app: cdk.App, root: Path, code: lambda_.Code | None = None) -> list[tuple[cdk.Stack, list[Problem]]]:
-    """Build the selected stacks in ``app``; (stack, its warnings) each. Raises SettingsError."""
+def add_stacks(app: cdk.Stage, root: Path, code: lambda_.Code | None = None) -> list[tuple[cdk.Stack, list[Problem]]]:
+    """Build the selected stacks in ``app`` (the app, or a ``Stage`` of a pipeline); (stack, its warnings) each.
+
+    Raises SettingsError.
+    """
     settings = load_settings(app.node.try_get_context(CONTEXT_KEY))
     org = load_org_settings(app.node.try_get_context(ORG_KEY))
     raw = settings.model_dump(mode="json", exclude_unset=True)
