@@ -205,6 +205,10 @@ class TcpProxy:
                     pass
             self.conns = []
 
+    def heal(self) -> None:
+        with self._lock:
+            self.broken = False
+
     def close(self) -> None:
         self.sock.close()
         with self._lock:
@@ -526,6 +530,38 @@ def test_fence_stops_a_python_child_before_the_deadline(moto_env: Any, ddb: Any,
         assert not end["recorded"]
     finally:
         proxy.close()
+
+
+def test_a_short_outage_is_ridden_out_without_a_fence(moto_env: Any, ddb: Any, wrapped: Any) -> None:
+    """Renewals fail for less than the fence's wait: a renewal that succeeds again moves the deadline."""
+    proxy = TcpProxy(moto_env.port)
+    try:
+        w = wrapped(["--lease", "8s", "--table", TABLE, "--", *py("import time; time.sleep(7)")],
+                    env=wrapper_env(proxy.endpoint))
+        w.started()
+        time.sleep(1.0)
+        proxy.cut()
+        time.sleep(2.0)  # the renewal due at 2.7 s hangs until its 0.8 s timeout; the retry 0.7 s later succeeds
+        proxy.heal()  # ... well before the fence's interrupt at 5.2 s
+        assert w.wait(timeout=30) == 0, w.stderr
+    finally:
+        proxy.close()
+    end = w.end()
+    assert end["signals"] == [] and end["failed_renewals"] >= 1 and end["recorded"], end
+    assert "renewed again" in w.stderr
+    lease = LeaseState.from_item(the_claim(ddb))
+    assert lease is not None and lease.heartbeat == end["renewals"] >= 2 and lease.exit_code == 0
+
+
+def test_a_closed_stderr_does_not_stop_the_command(ddb: Any, moto_env: Any) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "reaper", "run", "--lease", "4s", "--table", TABLE, "--",
+                             *py("import time; time.sleep(2)")], cwd=ROOT, env=wrapper_env(moto_env.endpoint),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    proc.stderr.close()  # nobody reads the wrapper's lines any more
+    assert proc.wait(timeout=60) == 0
+    lease = LeaseState.from_item(the_claim(ddb))
+    assert lease is not None and lease.exit_code == 0 and lease.ended_at is not None
 
 
 # ---------------------------------------------------------------------- real Terraform

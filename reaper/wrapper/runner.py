@@ -118,15 +118,21 @@ class Runner:
         self.started = 0.0
 
     # ------------------------------------------------------------------ output
+    def _print(self, line: str) -> None:
+        try:
+            print(line, file=self.err, flush=True)
+        except (OSError, ValueError):
+            pass  # a closed stderr must not kill the wrapper (its guard would kill the command)
+
     def say(self, text: str) -> None:
         if not self.opts.quiet or text.startswith(("error", "warning")):
-            print(f"lock-reaper run: {text}", file=self.err, flush=True)
+            self._print(f"lock-reaper run: {text}")
 
     def _line(self, doc: dict[str, Any], text: str) -> None:
         if self.opts.json:
-            print(json.dumps(doc, sort_keys=True), file=self.err, flush=True)
+            self._print(json.dumps(doc, sort_keys=True))
         elif not self.opts.quiet:
-            print(f"lock-reaper run: {text}", file=self.err, flush=True)
+            self._print(f"lock-reaper run: {text}")
 
     # ------------------------------------------------------------------ signals
     def _on_signal(self, signum: int, _frame: Any) -> None:
