@@ -53,7 +53,8 @@ from reaper.wrapper.schedule import MIN_LEASE_SECONDS, Shield, fence_schedule
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "lock-reaper-claims"
 LOCKS, BUCKET, KEY = "terraform-locks", "tf-state", "prod/network/terraform.tfstate"
-pytestmark = pytest.mark.skipif(not host.LINUX, reason="the wrapper's tests drive Linux processes (/proc)")
+pytestmark = [pytest.mark.skipif(not host.LINUX, reason="the wrapper's tests drive Linux processes (/proc)"),
+              pytest.mark.e2e]
 
 
 # ---------------------------------------------------------------------- helpers
@@ -644,6 +645,7 @@ def hold(case: Case, wrapped: Any, endpoint: str, lease: str = "6s", extra: tupl
     return w
 
 
+@pytest.mark.terraform
 def test_scenario_3_only_the_wrapper_sigkilled(case: Case, wrapped: Any, moto_env: Any) -> None:
     w = hold(case, wrapped, moto_env.endpoint)
     assert case.terraform_pids()
@@ -657,6 +659,7 @@ def test_scenario_3_only_the_wrapper_sigkilled(case: Case, wrapped: Any, moto_en
     assert lease is not None and lease.contained and lease.fenced and lease.ended_at is None
 
 
+@pytest.mark.terraform
 def test_scenario_4_terraform_killed_while_the_wrapper_lives(case: Case, wrapped: Any, moto_env: Any) -> None:
     w = hold(case, wrapped, moto_env.endpoint)
     pids = case.terraform_pids()
@@ -676,6 +679,7 @@ def test_scenario_4_terraform_killed_while_the_wrapper_lives(case: Case, wrapped
         assert lease.ended_at >= created
 
 
+@pytest.mark.terraform
 def test_scenario_5_dynamodb_unreachable_fence_before_the_deadline(case: Case, wrapped: Any, moto_env: Any) -> None:
     proxy = TcpProxy(moto_env.port)
     try:
@@ -701,6 +705,7 @@ def test_scenario_5_dynamodb_unreachable_fence_before_the_deadline(case: Case, w
     assert end["failed_renewals"] >= 1 and not end["recorded"]
 
 
+@pytest.mark.terraform
 @pytest.mark.parametrize("gap", [7.5, 0.02], ids=["github-7.5s", "quick-0.02s"])
 def test_scenario_6_ci_cancel_one_interrupt_terraform_releases_its_lock(case: Case, wrapped: Any, moto_env: Any,
                                                                         gap: float) -> None:
