@@ -16,7 +16,8 @@ def test_realistic_cycle_api_calls(tmp_path) -> None:
     calls = first["api_calls"]["by_kind"]
     # only candidates are asked about: one HeadObject each; the claims table is read once (one scan page)
     assert calls["claims.scan"] == 1 and "claims.query" not in calls and calls["s3.head_object"] == 40
-    assert first["api_calls"]["memo_hits"]["claims.scan"] == 40
+    # each candidate is joined twice from that one scan, in memory: by the claims checker and the lease checker
+    assert first["api_calls"]["memo_hits"]["claims.scan"] == 80
     # one jobs list per claimed GitHub run, one runners list for the org (8 locks), one live-jobs
     # list per GitLab project (8 locks, 3 projects), 3 statuses x 1 mapped repo (4 locks)
     assert calls["github.attempt_jobs"] == 16 and calls["github.runners.org"] == 1
