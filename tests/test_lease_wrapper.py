@@ -299,6 +299,74 @@ def test_fence_schedule_ends_before_the_deadline_and_refuses_short_leases() -> N
     assert Shield(20).kill_after == 5 and Shield(1).kill_after == 2
 
 
+class FakeBeat:
+    def __init__(self) -> None:
+        self.ok = 0.0
+
+    def last_ok(self) -> float:
+        return self.ok
+
+
+def fenced_runner(lease: float = 6, shield: float = 20) -> tuple[Any, list[tuple[str, float]], FakeBeat]:
+    from reaper.wrapper.runner import Runner, RunOptions
+
+    runner = Runner(RunOptions(argv=["terraform"], schedule=fence_schedule(lease), shield=Shield(shield)), None,
+                    lambda *_: None, io.StringIO(), env={}, clock=lambda: 0.0)
+    sent: list[tuple[str, float]] = []
+    now = {"t": 0.0}
+    runner._signal_group = lambda sig: sent.append((signal.Signals(sig).name, now["t"]))  # type: ignore[method-assign]
+    beat = FakeBeat()
+    runner.heartbeat = beat  # type: ignore[assignment]
+
+    def at(t: float) -> None:
+        now["t"] = t
+        runner._act(t, running=True)
+
+    runner.at = at
+    return runner, sent, beat
+
+
+def test_fence_steps_on_the_schedule_and_a_renewal_moves_the_deadline() -> None:
+    runner, sent, beat = fenced_runner(lease=6)
+    for i in range(0, 61):
+        runner.at(i / 10)
+    s = fence_schedule(6)
+    assert [name for name, _ in sent] == ["SIGINT", "SIGTERM", "SIGKILL"]
+    assert [t for _, t in sent] == pytest.approx([s.interrupt_at, s.terminate_at, s.kill_at], abs=0.1)
+    assert sent[-1][1] < 6, "all before the deadline"
+
+    runner, sent, beat = fenced_runner(lease=6)
+    for i in range(0, 45):  # the interrupt at 3.9 s, then a renewal succeeds at 4.4 s
+        runner.at(i / 10)
+    beat.ok = 4.4
+    for i in range(45, 80):
+        runner.at(i / 10)
+    assert [name for name, _ in sent] == ["SIGINT"], "a renewed lease needs no further escalation"
+
+
+def test_waking_past_the_deadline_fences_at_once() -> None:
+    """A suspend: the boot-time clock jumps from 1 s to 30 s; the wrapper kills at once, nothing gentler first."""
+    runner, sent, _ = fenced_runner(lease=6)
+    runner.at(1.0)
+    runner.at(30.0)
+    assert sent == [("SIGKILL", 30.0)]
+
+
+def test_shield_one_interrupt_absorbs_the_rest_then_escalates() -> None:
+    runner, sent, beat = fenced_runner(lease=6, shield=20)
+    beat.ok = 10**9  # renewals fine: only the shield acts
+    runner.pending += [signal.SIGINT]
+    runner.at(0.0)
+    runner.pending += [signal.SIGTERM, signal.SIGINT]
+    runner.at(7.5)
+    runner.at(19.9)
+    assert sent == [("SIGINT", 0.0)] and runner.absorbed == 2
+    runner.at(20.0)
+    runner.at(24.9)
+    runner.at(25.0)
+    assert sent == [("SIGINT", 0.0), ("SIGTERM", 20.0), ("SIGKILL", 25.0)]
+
+
 def test_claim_from_env_gives_provider_none_for_run_only(now: datetime) -> None:
     with pytest.raises(ClaimError):
         claim_from_env({}, "me@box", now)  # `claim` keeps its behaviour

@@ -62,26 +62,40 @@ def unshare_pid_namespace() -> bool:
         return False
 
 
+def _suspend_clock() -> int | None:
+    """A clock id that keeps counting while the machine is suspended: CLOCK_BOOTTIME on Linux;
+    CLOCK_MONOTONIC_RAW on macOS (Apple's counts sleep; CLOCK_UPTIME_RAW and Python's
+    ``time.monotonic`` do not); None elsewhere."""
+    name = "CLOCK_BOOTTIME" if LINUX else "CLOCK_MONOTONIC_RAW" if sys.platform == "darwin" else None
+    clock = getattr(time, name, None) if name else None
+    if clock is None:
+        return None
+    try:
+        time.clock_gettime(clock)
+    except OSError:
+        return None
+    return int(clock)
+
+
+_SUSPEND_CLOCK = _suspend_clock()
+
+
 def boottime() -> float:
-    """Seconds on CLOCK_BOOTTIME (it keeps counting through suspend); monotonic elsewhere."""
-    clock = getattr(time, "CLOCK_BOOTTIME", None)
-    if clock is not None:
-        try:
-            return time.clock_gettime(clock)
-        except OSError:
-            pass
+    """Seconds on a clock that keeps counting through suspend; ``time.monotonic`` where there is none."""
+    if _SUSPEND_CLOCK is not None:
+        return time.clock_gettime(_SUSPEND_CLOCK)
     return time.monotonic()
 
 
+def counts_suspend() -> bool:
+    """The fence's clock counts a suspend: a machine that wakes past the deadline fences at once."""
+    return _SUSPEND_CLOCK is not None
+
+
 def clock_name() -> str:
-    clock = getattr(time, "CLOCK_BOOTTIME", None)
-    if clock is not None:
-        try:
-            time.clock_gettime(clock)
-            return "boottime"
-        except OSError:
-            pass
-    return "monotonic"
+    if _SUSPEND_CLOCK is None:
+        return "monotonic"
+    return "boottime" if LINUX else "monotonic_raw"
 
 
 def _stat(pid: str, proc: Path) -> tuple[str, int, int] | None:

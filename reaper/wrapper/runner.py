@@ -64,6 +64,12 @@ class Heartbeat(threading.Thread):
         with self._lock:
             return self._last_ok
 
+    def _foreign(self) -> bool:
+        try:
+            return self.probe()
+        except Exception:  # noqa: BLE001 - a /proc we cannot read proves nothing exclusive
+            return True
+
     def run(self) -> None:
         due = self._last_ok + self.schedule.renew_every
         streak = 0
@@ -72,7 +78,7 @@ class Heartbeat(threading.Thread):
             if wait > 0:
                 self.stop.wait(min(wait, 0.5))  # re-read the boot-time clock: suspend does not stop it
                 continue
-            if self.exclusive and self.probe():
+            if self.exclusive and self._foreign():
                 self.exclusive = False
             lost = not self.exclusive and not self.exclusive_written
             sent = self.clock()
@@ -139,6 +145,13 @@ class Runner:
         self.pending.append(signum)
 
     def _send(self, sig: int, why: str) -> None:
+        self._signal_group(sig)
+        self.events.append({"signal": signal.Signals(sig).name, "why": why,
+                            "at": round(self.clock() - self.started, 3)})
+
+    def _signal_group(self, sig: int) -> None:
+        if self.leader <= 1:
+            return  # never the caller's own group (0) nor init's
         try:
             os.killpg(self.leader, sig)
         except (ProcessLookupError, PermissionError):
@@ -149,8 +162,6 @@ class Runner:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
-        self.events.append({"signal": signal.Signals(sig).name, "why": why,
-                            "at": round(self.clock() - self.started, 3)})
 
     def _act(self, now: float, running: bool) -> None:
         while self.pending:
@@ -250,15 +261,21 @@ class Runner:
         return kinds
 
     def _probe(self) -> bool:
-        """Another terraform of this user runs on this host, outside the wrapped group."""
-        return bool(host.foreign_terraform([self.leader], exclude=[os.getpid()]))
+        """Another terraform of this user runs on this host, outside the wrapped group (or /proc
+        cannot tell: then nothing says this run is the only one)."""
+        try:
+            return bool(host.foreign_terraform([self.leader], exclude=[os.getpid()]))
+        except OSError:
+            return True
 
     def _run_guarded(self, guard: GuardHandle, kinds: tuple[str, ...], wake_r: int) -> int:
         s = self.opts.schedule
         exclusive = host.LINUX and not self._probe()
         now = self.wall()
+        # Fenced: the wrapper stops the command before the lease can expire, on a clock that counts a
+        # suspend (without one, a laptop that sleeps past the lease would wake with its command running)
         lease = LeaseState(seconds=max(1, int(round(s.lease))), heartbeat=0, heartbeat_at=now, containment=kinds,
-                           fenced=True, exclusive=exclusive)
+                           fenced=host.counts_suspend(), exclusive=exclusive)
         claim = self.make_claim(now, lease)
         claimed = False
         sent = self.clock()
@@ -278,7 +295,7 @@ class Runner:
         doc = {"event": "start", "command": self.name, "who": claim.who, "claimed_at": claim_time(claim.claimed_at),
                "provider": claim.provider, "table": self.opts.table_name, "leased": claimed,
                "lease_seconds": s.lease, "renew_every": round(s.renew_every, 3), "containment": list(kinds),
-               "exclusive": exclusive, "fenced": claimed, "clock": host.clock_name(), "group": self.leader,
+               "exclusive": exclusive, "fenced": claimed and lease.fenced, "clock": host.clock_name(), "group": self.leader,
                "pid": os.getpid()}
         self._line(doc, (f"claimed {claim.who} at {doc['claimed_at']} in {self.opts.table_name} for "
                          f"{claim.describe()}: lease {format_duration(s.lease)} renewed every "
