@@ -515,3 +515,13 @@ def test_a_problem_the_override_did_not_cause_names_the_policy_file():
     assert (source, p.line, p.field) == ("config/policy.yaml", line, "max_deletes_per_run")
     with pytest.raises(ConfigError, match="overrides: Input should be a valid list"):
         parse_overrides("overrides: 3\n", "ov.yaml")
+
+
+@pytest.mark.cdk
+def test_a_single_member_stack_runs_the_override_that_names_its_account(tmp_path):
+    from infra.org_app import _member_target
+
+    targets, _ = _targets(tmp_path, OVERRIDES)
+    assert _member_target(targets, LEGACY_ACCOUNT).name == "legacy"
+    assert _member_target(targets, "111111111111").name == "base"
+    assert _member_target(targets, None).name == "base"  # no account: OU membership is unknown offline
