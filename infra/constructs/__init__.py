@@ -7,7 +7,9 @@
 - ``function``: the function, its log group, role and code (local bundling); ``grants``: its least-privilege role;
 - ``schedule``: the EventBridge Scheduler schedule, its role and dead-letter queue;
 - ``monitoring``: the alarms (all to the topic) and the dashboard;
-- ``nag``: cdk-nag acknowledgements.
+- ``nag``: cdk-nag acknowledgements;
+- ``org_member`` (issue 13): a member's forwarding to the central bus, scan role and observability link
+  (child constructs of ``Org``: new resources only); ``central``: the central stack's parts.
 
 Why builders and not ``Construct`` subclasses: CloudFormation logical IDs derive
 from the construct path. A child construct (``LockReaper/Audit/Bucket``) would
