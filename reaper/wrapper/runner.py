@@ -351,7 +351,7 @@ class Runner:
                 done, status = self._reap_everything(block=False)
                 if status is not None:
                     guard_status = status
-                if done:
+                if done and self._group_empty():  # off Linux the group can outlive its reaped leader
                     break
             fds = [wake_r] + ([guard.report] if report_open else [])
             try:
@@ -387,6 +387,17 @@ class Runner:
         if guard_status is not None and os.WIFSIGNALED(guard_status):
             return 128 + os.WTERMSIG(guard_status)
         return 1
+
+    def _group_empty(self) -> bool:
+        """No process is left in the command's group (a subreaper or a namespace already waited
+        for every descendant; without them, off Linux, this is what says the command ended)."""
+        try:
+            os.killpg(self.leader, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def _reap_everything(self, block: bool) -> tuple[bool, int | None]:
         """Reap our children (the guard, and orphans adopted as a subreaper): (none left, guard's status)."""
