@@ -484,27 +484,40 @@ liveness:
 class TerraformWorld:
     """A Terraform working directory on moto_server, its lock table, the claims and run-state tables."""
 
-    def __init__(self, binary: Any, tmp_path: Any, endpoint: str) -> None:
+    def __init__(self, binary: Any, tmp_path: Any, endpoint: str, lockfile: bool = False) -> None:
         from devtools.locks import create_lock_table
-        from devtools.terraform import S3Backend, TerraformWorkdir
+        from devtools.terraform import TerraformWorkdir
 
         self.endpoint = endpoint
+        self.lockfile = lockfile
         self.ddb = boto3.client("dynamodb", region_name="us-east-1")
-        create_lock_table(self.ddb, TF_LOCKS)
+        self.s3 = boto3.client("s3", region_name="us-east-1")
+        if not lockfile:
+            create_lock_table(self.ddb, TF_LOCKS)
         create_claims_table(self.ddb, TF_CLAIMS)
         create_run_state_table(self.ddb, TF_RUN_STATE)
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=TF_BUCKET)
-        self.backend = S3Backend(endpoint=endpoint, bucket=TF_BUCKET, key=TF_KEY, table=TF_LOCKS)
+        self.s3.create_bucket(Bucket=TF_BUCKET)
+        self.backend = (LockfileBackend if lockfile else S3Backend)(endpoint=endpoint, bucket=TF_BUCKET, key=TF_KEY,
+                                                                     table=TF_LOCKS)
         self.tf = TerraformWorkdir(binary, tmp_path / "tf", self.backend)
         self.lock_id = self.backend.lock_id()
         self.audit = tmp_path / "audit"
         self.policy = tmp_path / "policy.yaml"
-        self.policy.write_text(TF_POLICY.format(locks=TF_LOCKS, audit=self.audit, claims=TF_CLAIMS), encoding="utf-8")
+        text = TF_POLICY.format(locks=TF_LOCKS, audit=self.audit, claims=TF_CLAIMS)
+        if lockfile:
+            text = text.replace(f"  - type: dynamodb\n    table: {TF_LOCKS}\n", f"  - type: s3\n    bucket: {TF_BUCKET}\n")
+        self.policy.write_text(text, encoding="utf-8")
         self.tf.init()
         self.tf.apply("v1")
         self.wrappers: list[Any] = []
 
-    def lock_item(self) -> dict[str, Any] | None:
+    def lock_item(self) -> Any:
+        """The lock as its store holds it: the DynamoDB item, or the lock file's content (None: no lock)."""
+        if self.lockfile:
+            try:
+                return self.s3.get_object(Bucket=TF_BUCKET, Key=TF_KEY + ".tflock")["Body"].read().decode()
+            except self.s3.exceptions.NoSuchKey:
+                return None
         return self.ddb.get_item(TableName=TF_LOCKS, Key={"LockID": {"S": self.lock_id}}, ConsistentRead=True).get("Item")
 
     def created(self) -> datetime:
@@ -512,7 +525,8 @@ class TerraformWorld:
 
         item = self.lock_item()
         assert item is not None
-        return parse_created(json.loads(item["Info"]["S"])["Created"])
+        info = item if self.lockfile else item["Info"]["S"]
+        return parse_created(json.loads(info)["Created"])
 
     def claim(self) -> Claim:
         items = self.ddb.scan(TableName=TF_CLAIMS, ConsistentRead=True)["Items"]
@@ -555,6 +569,35 @@ class TerraformWorld:
     def cleanup(self) -> None:
         for w in self.wrappers:
             w.kill_all()
+
+
+class S3Backend:
+    """devtools.terraform.S3Backend (imported when a Terraform test runs)."""
+
+    def __new__(cls, **kw: Any) -> Any:
+        from devtools.terraform import S3Backend as Backend
+
+        return Backend(**kw)
+
+
+class LockfileBackend:
+    """The S3 backend with ``use_lockfile = true`` and no DynamoDB table (Terraform >= 1.11)."""
+
+    def __new__(cls, **kw: Any) -> Any:
+        from devtools.terraform import S3Backend as Backend
+
+        class Lockfile(Backend):  # type: ignore[misc, valid-type]
+            def hcl(self, version: Any) -> str:
+                out = []
+                for line in super().hcl(version).splitlines():
+                    if line.strip().startswith(("dynamodb_table", "dynamodb =")):
+                        continue
+                    out.append(line)
+                    if line.strip().startswith("bucket ="):
+                        out.append("    use_lockfile = true")
+                return "\n".join(out) + "\n"
+
+        return Lockfile(**kw)
 
 
 class Wrapper:
@@ -620,17 +663,28 @@ class Wrapper:
             pass
 
 
-@pytest.fixture
-def tfw(moto_env: Any, tmp_path: Any) -> Any:
+def terraform_world(moto_env: Any, tmp_path: Any, which: str) -> Any:
     from terraform_kit import require_terraform
 
     from reaper.wrapper import host
 
     if not host.LINUX:
         pytest.skip("the wrapper's containment and these scenarios drive Linux processes")
-    world = TerraformWorld(require_terraform("1.0.3"), tmp_path, moto_env.endpoint)
+    world = TerraformWorld(require_terraform(which), tmp_path, moto_env.endpoint, lockfile=which == "path")
     yield world
     world.cleanup()
+
+
+@pytest.fixture
+def tfw(moto_env: Any, tmp_path: Any) -> Any:
+    """Terraform 1.0.3 (the kit's) with a DynamoDB lock table."""
+    yield from terraform_world(moto_env, tmp_path, "1.0.3")
+
+
+@pytest.fixture
+def tfw_lockfile(moto_env: Any, tmp_path: Any) -> Any:
+    """A terraform >= 1.11 on PATH with ``use_lockfile`` (an S3 lock file; skipped without one)."""
+    yield from terraform_world(moto_env, tmp_path, "path")
 
 
 def outcome(entry: Any) -> tuple[str, str]:
@@ -670,12 +724,23 @@ def test_scenarios_2_3_4_a_killed_wrapped_apply_is_reaped_on_the_lease(tfw: Terr
     4: only Terraform's processes (the wrapper records the exit). 2 and 3 are reaped once the reaper itself has
     watched the counter stand still for lease + grace; 4 after grace from the reaper's sighting of the exit,
     without waiting for the lease to run out."""
+    killed_and_reaped(tfw, killed)
+
+
+@pytest.mark.terraform
+@pytest.mark.e2e
+def test_scenario_2_with_use_lockfile(tfw_lockfile: TerraformWorld) -> None:
+    """Scenario 2 with Terraform's S3 lock file (``use_lockfile``): the reaper deletes the .tflock."""
+    killed_and_reaped(tfw_lockfile, "everything")
+
+
+def killed_and_reaped(tfw: TerraformWorld, killed: str) -> None:
     import os
     import signal
 
     w = tfw.wrapped_apply()
     pids = w.terraform_pids()
-    assert pids, "Terraform 1.0.3 runs as two processes in the guard's group"
+    assert pids, "Terraform runs in the guard's group (1.0.3: two processes)"
     if killed == "everything":
         for pg in (w.proc.pid, w.group):
             os.killpg(pg, signal.SIGKILL)
@@ -688,7 +753,7 @@ def test_scenarios_2_3_4_a_killed_wrapped_apply_is_reaped_on_the_lease(tfw: Terr
     assert w.until(lambda: not w.terraform_pids(), 10), f"left running: {w.terraform_pids()}"
     assert tfw.lock_item() is not None, "a killed Terraform leaves its lock"
     plan = tfw.tf.plan("v2")
-    assert plan.returncode != 0 and "Error acquiring the state lock" in plan.stdout
+    assert plan.returncode != 0 and "Error acquiring the state lock" in plan.stdout, plan.stdout
     lease = tfw.claim().lease
     assert lease is not None and (lease.ended_at is not None) == (killed == "terraform"), lease
 
@@ -706,6 +771,7 @@ def test_scenarios_2_3_4_a_killed_wrapped_apply_is_reaped_on_the_lease(tfw: Terr
     assert outcome(tfw.reap(before))[0] == "kept"
     reaped = tfw.reap(then)
     assert outcome(reaped) == ("reaped", "dead"), reaped.reasons
+    assert reaped.store == (f"s3:{TF_BUCKET}" if tfw.lockfile else f"dynamodb:{TF_LOCKS}")
     assert any(("exit 137" if killed == "terraform" else "contained and fenced") in r for r in reaped.reasons), reaped.reasons
     assert tfw.lock_item() is None
     assert tfw.tf.plan("v2", lock_timeout="0s").returncode == 0, "Terraform works again"
