@@ -633,6 +633,57 @@ def test_a_closed_stderr_does_not_stop_the_command(ddb: Any, moto_env: Any) -> N
     assert lease is not None and lease.exit_code == 0 and lease.ended_at is not None
 
 
+def test_on_a_terminal_the_command_reads_its_prompt_and_gets_ctrl_c(ddb: Any, moto_env: Any) -> None:
+    """A laptop: the wrapper hands its terminal to the command's group, as a shell does, so the
+    command can read its prompt (no SIGTTIN stop) and the terminal's Ctrl-C reaches it."""
+    import fcntl
+    import termios
+
+    master, slave = os.openpty()
+
+    def controlling_tty() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    child = ("import sys, time\n"
+             "answer = input('Enter a value: ')\n"
+             "print('got', answer, flush=True)\n"
+             "try:\n    time.sleep(30)\nexcept KeyboardInterrupt:\n    print('interrupted', flush=True)\n"
+             "    sys.exit(7)")
+    proc = subprocess.Popen([sys.executable, "-m", "reaper", "run", "--lease", "4s", "--table", TABLE, "--",
+                             *py(child)], cwd=ROOT, env=wrapper_env(moto_env.endpoint), stdin=slave, stdout=slave,
+                            stderr=slave, preexec_fn=controlling_tty)
+    os.close(slave)
+    seen = b""
+
+    def read_until(needle: bytes, timeout: float = 30) -> bool:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while needle not in seen and time.monotonic() < deadline:
+            import select as select_
+            if select_.select([master], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:
+                    break
+        return needle in seen
+
+    try:
+        assert read_until(b"Enter a value:"), seen
+        os.write(master, b"yes\n")
+        assert read_until(b"got yes"), seen
+        os.write(master, b"\x03")  # Ctrl-C: the terminal signals its foreground group
+        assert proc.wait(timeout=30) == 7, seen
+        assert read_until(b"exited 7"), seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    lease = LeaseState.from_item(the_claim(ddb))
+    assert lease is not None and lease.exit_code == 7
+
+
 # ---------------------------------------------------------------------- real Terraform
 @dataclass
 class LockfileBackend(S3Backend):
