@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -77,13 +78,17 @@ class Trial:
         self.audited: dict[str, str] = {}  # path -> lock_id recorded before the delete
         self.deletes_issued: list[str] = []
         self.mutated_before_delete: dict[str, bool] = {}
+        # the liveness checks run on the engine's worker threads: a mutation is atomic with respect to a
+        # delete (and its bookkeeping), so "what the lock held when its delete was issued" is well defined
+        self.atomic = threading.RLock()
 
     # -- the world changes ------------------------------------------------
     def fire(self, moment: str, lock: LockRecord) -> None:
-        for path, (action, when, at) in self.plan.items():
-            if path in self.applied or when != moment or at != lock.lock_path:
-                continue
-            self.applied[path] = self._mutate(path, action)
+        with self.atomic:
+            for path, (action, when, at) in self.plan.items():
+                if path in self.applied or when != moment or at != lock.lock_path:
+                    continue
+                self.applied[path] = self._mutate(path, action)
 
     def _mutate(self, path: str, action: str) -> str | None:
         current = self.h.current_info(path)
@@ -128,11 +133,12 @@ class Trial:
                     yield rec
 
             def delete(self, lock: LockRecord) -> DeleteResult:
-                trial.fire("delete", lock)
-                trial.at_delete[lock.lock_path] = trial.h.current_info(lock.lock_path)
-                trial.mutated_before_delete[lock.lock_path] = lock.lock_path in trial.applied
-                trial.deletes_issued.append(lock.lock_path)
-                return inner.delete(lock)
+                with trial.atomic:
+                    trial.fire("delete", lock)
+                    trial.at_delete[lock.lock_path] = trial.h.current_info(lock.lock_path)
+                    trial.mutated_before_delete[lock.lock_path] = lock.lock_path in trial.applied
+                    trial.deletes_issued.append(lock.lock_path)
+                    return inner.delete(lock)
 
             def restore(self, raw: dict[str, Any]) -> str:
                 return inner.restore(raw)
