@@ -293,6 +293,17 @@ def test_a_sighting_by_another_reaper_needs_clock_skew_more(world: World) -> Non
     assert world.ask(lock(), at + SKEW).state is DEAD
 
 
+def test_an_exit_first_seen_by_another_reaper_needs_clock_skew_more(world: World) -> None:
+    world.claim(ended_at=T0 + timedelta(minutes=1), exit_code=1)
+    first = T0 + timedelta(hours=1)
+    LeaseObservationStore(world.raw, RUN_STATE).put(
+        observation_key(WHO, T0 - timedelta(seconds=5)),
+        Observation(counter=3, first_seen_at=first, ended_seen_at=first, observer="cli:alice@laptop"), 2000000000, None)
+    assert world.ask(lock(), first + GRACE).state is ALIVE
+    fact = world.ask(lock(), first + GRACE + SKEW)
+    assert fact.state is DEAD and "cli:alice@laptop" in fact.reason, fact.reason
+
+
 # ================================================================ unknown: no table, failures, malformed
 def test_without_an_observations_table_a_stopped_heartbeat_is_never_dead(aws: Any) -> None:
     w = World(env={}, run_state=False)

@@ -155,8 +155,12 @@ def judge(claim: Claim, lease: LeaseState, created: datetime, now: datetime, see
             return answer(unknown, detail, "ended-before-lock", ended)
         if seen.state == "ok":
             first = prior.ended_seen_at if prior is not None and prior.ended_seen_at is not None else now
-            waited, how = now - first, f"since the reaper first saw the exit at {first.isoformat()} (its own clock)"
-            needed = grace
+            other = prior is not None and prior.ended_seen_at is not None and _other(prior, observer)
+            waited = now - first
+            how = (f"since the reaper first saw the exit at {first.isoformat()} "
+                   + (f"(seen first by {prior.observer}, whose clock may differ by clock_skew)" if other and prior
+                      else "(its own clock)"))
+            needed = grace + (skew if other else timedelta(0))
         else:
             waited, how = now - ended, f"since EndedAt by the writer's clock ({seen.why_none})"
             needed = grace + skew
@@ -180,7 +184,7 @@ def judge(claim: Claim, lease: LeaseState, created: datetime, now: datetime, see
     fresh = _fresh(lease, now, length, skew)
     if prior is not None:  # the same counter as an earlier run saw
         watched = now - prior.first_seen_at
-        other = bool(prior.observer) and prior.observer != observer
+        other = _other(prior, observer)
         needed = length + grace + (skew if other else timedelta(0))
         if watched >= needed:
             stopped = (f"heartbeat counter {lease.heartbeat} unchanged for {format_duration(watched)} by the reaper's "
@@ -217,6 +221,11 @@ def judge(claim: Claim, lease: LeaseState, created: datetime, now: datetime, see
     detail = (f"first sighting of heartbeat counter {lease.heartbeat}: the reaper has not yet seen whether it moves "
               f"(dead needs it unchanged for {format_duration(length + grace)}, lease + grace, by the reaper's clock)")
     return answer(contested, detail, "first-sighting")
+
+
+def _other(prior: Observation, observer: str) -> bool:
+    """The sighting was recorded by another reaper (a CLI run on a laptop): its clock is not this one's."""
+    return bool(prior.observer) and prior.observer != observer
 
 
 def _fresh(lease: LeaseState, now: datetime, length: timedelta, skew: timedelta) -> str | None:
