@@ -4,7 +4,12 @@ Unit tests run the checker as a run builds it (``reaper.wiring.build_liveness`` 
 document) against moto DynamoDB: the claims table and the run-state table that keeps the
 reaper's observations. Every rule has a test that shows the live lock it protects: the
 answer would be dead (the lock reaped) without it. The real Terraform scenarios of the
-issue are at the end of this file.
+issue are at the end of this file: 1 (a wrapped apply at its prompt, kept alive), 2 (the
+whole tree SIGKILLed: reaped after the reaper's own lease + grace; also with use_lockfile on
+a terraform >= 1.11 on PATH), 3 and 4 (the reaping half: only the wrapper, or only
+Terraform, killed), 7 (a stopped heartbeat without containment keeps a live apply) and 8 (a
+year-ahead HeartbeatAt is dead only after lease + grace by the reaper's clock). The
+wrapper's own half (containment, fencing, the signal shield) is tests/test_lease_wrapper.py.
 """
 
 from __future__ import annotations
