@@ -14,6 +14,7 @@ wrapper's own half (containment, fencing, the signal shield) is tests/test_lease
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -839,3 +840,37 @@ def test_scenario_8_a_far_future_heartbeat_is_dead_only_after_the_reapers_own_le
     e = tfw.reap(at + lease_and_grace)
     assert outcome(e) == ("reaped", "dead"), e.reasons
     assert tfw.tf.plan("v2", lock_timeout="0s").returncode == 0
+
+
+def test_the_explain_command_shows_the_lease_and_records_no_sighting_a_scan_does(
+        aws: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from devtools.locks import create_lock_table, lock_item
+    from reaper.cli import main
+
+    w = World()
+    create_lock_table(w.raw, "locks")
+    now = datetime.now(UTC)
+    created = now - timedelta(hours=2)
+    raw = info_json("tfstate/app.tfstate", timedelta(0), created, who=WHO)
+    w.raw.put_item(TableName="locks", Item=lock_item("tfstate/app.tfstate", raw))
+    w.claims.put(Claim(who=WHO, claimed_at=created - timedelta(seconds=5), provider="none",
+                       lease=LeaseState(seconds=LEASE, heartbeat=5, heartbeat_at=created + timedelta(seconds=20),
+                                        containment=("pdeathsig",), fenced=True, exclusive=True)))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({**w.doc, "stores": [{"type": "dynamodb", "table": "locks"}]}), encoding="utf-8")
+    monkeypatch.setenv("REAPER_LEASE_TABLE", RUN_STATE)
+
+    def explain() -> dict[str, Any]:
+        out, err = io.StringIO(), io.StringIO()
+        assert main(["explain", "tfstate/app.tfstate", "--config", str(policy), "--json"], out=out, err=err) == 0, \
+            err.getvalue()
+        return json.loads(out.getvalue())
+
+    doc = explain()
+    assert doc["answers"][0]["checker"] == "lease" and "first sighting" in doc["answers"][0]["reason"]
+    assert doc["lease"]["lease"]["heartbeat"] == 5 and doc["lease"]["observations"]["counter"] is None
+    assert w.observations() == {}, "explain records nothing"
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["scan", "--config", str(policy), "--quiet"], out=out, err=err) in (0, 1), err.getvalue()
+    assert len(w.observations()) == 1, "a scan is a run: it records its sighting"
+    assert explain()["lease"]["observations"]["counter"] == 5
