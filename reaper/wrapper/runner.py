@@ -167,7 +167,8 @@ class Runner:
         while self.pending:
             signum = self.pending.pop(0)
             name = signal.Signals(signum).name
-            if not running:
+            if not running:  # the command has ended: nothing to send it
+                self.absorbed += 1
                 continue
             if self.interrupted_at is None:
                 self.interrupted_at = self.shield_from = now
@@ -325,6 +326,7 @@ class Runner:
                 self.say(f"warning: could not record the exit in {self.opts.table_name}: {error_code(exc)}: "
                          f"{error_message(exc)[:200]}")
         os.close(guard.control)
+        self._act(self.clock(), running=False)  # signals that came while the exit was being recorded
         elapsed = gone - self.started
         end = {"event": "end", "command": self.name, "exit_code": code, "seconds": round(elapsed, 3),
                "recorded": recorded, "leased": claimed, "renewals": hb.renewals if hb else 0,
