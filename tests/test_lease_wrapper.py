@@ -601,6 +601,29 @@ def test_fence_stops_a_python_child_before_the_deadline(moto_env: Any, ddb: Any,
         proxy.close()
 
 
+def test_a_stopped_wrapper_is_fenced_by_its_guard(ddb: Any, wrapped: Any) -> None:
+    """SIGSTOP the wrapper alone: alive, so no parent-death signal, but renewing nothing. The
+    guard kills the command by the fence's SIGKILL time all the same."""
+    marker = "lease-test-" + uuid.uuid4().hex
+    w = wrapped(["--lease", "4s", "--table", TABLE, "--", *py("import time; time.sleep(60)", marker)])
+    w.started()
+    seen = time.monotonic()  # after the claim was sent: the deadline is at most seen + 4 s
+    os.kill(w.proc.pid, signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: len(marked(marker, wrapper=False)) == 1, 5)
+        assert wait_until(lambda: not marked(marker, wrapper=False), 10)
+        gone = time.monotonic() - seen
+    finally:
+        os.kill(w.proc.pid, signal.SIGCONT)
+    print(f"\nwrapper stopped: its guard killed the command {gone:.2f}s after the claim was seen (lease 4s)")
+    assert gone < 4.0, "the command outlived its lease"
+    assert w.wait(timeout=30) == 128 + signal.SIGKILL
+    assert any(e["why"] == "fence (guard)" for e in w.end()["signals"]), w.stderr
+    lease = LeaseState.from_item(the_claim(ddb))
+    assert lease is not None and lease.exit_code == 137 and lease.ended_at is not None
+    assert lease.heartbeat_at is not None and lease.heartbeat_at <= lease.ended_at, "no renewal after the end"
+
+
 def test_a_short_outage_is_ridden_out_without_a_fence(moto_env: Any, ddb: Any, wrapped: Any) -> None:
     """Renewals fail for less than the fence's wait: a renewal that succeeds again moves the deadline."""
     proxy = TcpProxy(moto_env.port)

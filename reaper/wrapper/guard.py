@@ -15,10 +15,16 @@ it kills the whole group:
   which holds the lock, once panicwrap's parent is gone) are reparented to the guard, so
   "no child left" means the whole tree exited.
 
+The guard also enforces the fence's last step itself: the wrapper tells it, with ``go`` and
+after each successful renewal, the boot-time second by which the command must be dead; past
+it the guard kills the group, so a wrapper that is stopped (SIGSTOP) or hung, alive but
+renewing nothing, cannot leave the command running past its lease.
+
 Protocol: guard -> wrapper lines on the report pipe: ``leader <pid>`` (the group's id as
-the wrapper sees it), ``setup <kinds>``, ``started``, ``exit <code>`` (a shell's code:
-128+N for signal N). Wrapper -> guard: ``go`` on the control pipe, then nothing until it
-dies (EOF). The guard uses only ``os``/``signal``/``select`` after the fork.
+the wrapper sees it), ``setup <kinds>``, ``started``, ``fenced``, ``exit <code>`` (a shell's
+code: 128+N for signal N). Wrapper -> guard on the control pipe: ``go [<deadline>]``, then
+``deadline <t>`` after each successful renewal; end-of-file when it dies. The guard uses only
+``os``/``signal``/``select`` after the fork.
 """
 
 from __future__ import annotations
@@ -145,18 +151,61 @@ def _guard(argv: list[str], env: dict[str, str], ctl: int, rep: int, wrapper: in
     return _leader(argv, env, ctl, rep, wrapper, pidns=False)
 
 
-def _wrapper_gone(ctl: int, wrapper: int, pidns: bool) -> bool:
+class _Control:
+    """The control pipe, read line by line: ``go [deadline]``, then ``deadline <t>`` whenever a
+    renewal succeeds; end-of-file when the wrapper is gone."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buf = b""
+        self.eof = False
+
+    def _take(self) -> list[str]:
+        *lines, self.buf = self.buf.split(b"\n")
+        return [ln.decode("ascii", "replace").strip() for ln in lines]
+
+    def first(self) -> str:
+        """Block until the first line (or end-of-file: "")."""
+        while b"\n" not in self.buf:
+            try:
+                chunk = os.read(self.fd, 256)
+            except InterruptedError:
+                continue
+            if not chunk:
+                self.eof = True
+                return ""
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode("ascii", "replace").strip()
+
+    def poll(self) -> list[str]:
+        """The lines that arrived, without blocking; sets ``eof``."""
+        while not self.eof:
+            try:
+                ready, _, _ = select.select([self.fd], [], [], 0)
+            except (OSError, ValueError):
+                self.eof = True
+                break
+            if not ready:
+                break
+            try:
+                chunk = os.read(self.fd, 4096)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.eof = True
+                break
+            self.buf += chunk
+        return self._take()
+
+
+def _deadline(line: str) -> float | None:
+    """``go 123.4`` / ``deadline 123.4``: the boot-time second by which the command must be dead."""
+    parts = line.split()
     try:
-        ready, _, _ = select.select([ctl], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    if ready:
-        try:
-            if os.read(ctl, 64) == b"":
-                return True
-        except OSError:
-            return True
-    return not pidns and os.getppid() != wrapper
+        return float(parts[1]) if len(parts) > 1 else None
+    except ValueError:
+        return None
 
 
 def _kill_all(pidns: bool) -> None:
@@ -190,17 +239,11 @@ def _leader(argv: list[str], env: dict[str, str], ctl: int, rep: int, wrapper: i
         return 0  # the wrapper died before the prctl: nothing was started
     _say(rep, "setup " + (",".join(kinds) or "none"))
     # wait for "go"; end-of-file means the wrapper is gone or gave up
-    buf = b""
-    while not buf.endswith(b"\n"):
-        try:
-            chunk = os.read(ctl, 64)
-        except InterruptedError:
-            continue
-        if not chunk:
-            return 0
-        buf += chunk
-    if buf.strip() != b"go":
+    control = _Control(ctl)
+    first = control.first()
+    if first.split()[:1] != ["go"]:
         return 0
+    deadline = _deadline(first)  # the fence's SIGKILL time, enforced here too: a frozen wrapper fences nothing
     child = os.fork()
     if child == 0:
         _exec(argv, env)
@@ -208,7 +251,13 @@ def _leader(argv: list[str], env: dict[str, str], ctl: int, rep: int, wrapper: i
     code: int | None = None
     while True:
         wake.wait([ctl], POLL_SECONDS)  # wakes on SIGCHLD, on the parent-death signal, on the pipe's EOF
-        if wake.parent_died or _wrapper_gone(ctl, wrapper, pidns):
+        for line in control.poll():
+            if line.startswith("deadline"):
+                deadline = _deadline(line)
+        if wake.parent_died or control.eof or (not pidns and os.getppid() != wrapper):
+            _kill_all(pidns)
+        if deadline is not None and host.boottime() >= deadline:
+            _say(rep, "fenced")  # no renewal reached the guard in time (a stopped or hung wrapper)
             _kill_all(pidns)
         while True:
             try:

@@ -59,6 +59,7 @@ class Heartbeat(threading.Thread):
         self.failures = 0
         self.stop = threading.Event()
         self._lock = threading.Lock()
+        self.renewed: Callable[[float], None] = lambda _last_ok: None
 
     def last_ok(self) -> float:
         with self._lock:
@@ -95,6 +96,7 @@ class Heartbeat(threading.Thread):
                 continue
             with self._lock:
                 self._last_ok = max(self._last_ok, sent)
+            self.renewed(self._last_ok)
             if lost:
                 self.exclusive_written = True
             if streak:
@@ -122,6 +124,7 @@ class Runner:
         self.guard: GuardHandle | None = None
         self.heartbeat: Heartbeat | None = None
         self.started = 0.0
+        self._told: float | None = None  # the last renewal whose deadline the guard knows
 
     # ------------------------------------------------------------------ output
     def _print(self, line: str) -> None:
@@ -306,16 +309,21 @@ class Runner:
         if claimed and self.table is not None:
             self.heartbeat = Heartbeat(self.table, claim, s, sent, self.clock, self.wall, self._probe, exclusive,
                                        self.say)
-        os.write(guard.control, b"go\n")
+        # the guard enforces the fence's SIGKILL too, should this process stop or hang
+        self._told = sent if self.heartbeat is not None else None
+        os.write(guard.control, (f"go {sent + s.kill_at:.6f}\n" if self._told is not None else "go\n").encode())
+        os.set_blocking(guard.control, False)
+        if self.heartbeat is not None:
+            self.heartbeat.renewed = self._tell_guard
         if self.heartbeat is not None:
             self.heartbeat.start()
         code = self._loop(guard, wake_r)
         gone = self.clock()
-        ended = self.wall()
         hb = self.heartbeat
         if hb is not None:
             hb.stop.set()
-            hb.join(timeout=2 * s.call_timeout + 1)
+            hb.join(timeout=2 * s.call_timeout + 1)  # a renewal in flight took its time before this
+        ended = self.wall()
         recorded = False
         if claimed and self.table is not None:
             try:
@@ -369,6 +377,8 @@ class Runner:
                 chunk = os.read(guard.report, 4096)
                 if not chunk:
                     report_open = False
+                    if self.heartbeat is not None:
+                        self.heartbeat.stop.set()  # the guard is gone: no renewal after the command's end
                     if code is None and not self.killed:  # the guard died on its own: nothing contains the command
                         self.killed = True
                         self._send(signal.SIGKILL, "guard gone")
@@ -381,6 +391,12 @@ class Runner:
                     word, _, arg = line.decode().partition(" ")
                     if word == "exit":
                         code = int(arg)
+                    elif word == "fenced":  # the guard's own fence: this process renewed nothing in time
+                        self.killed = True
+                        self.events.append({"signal": "SIGKILL", "why": "fence (guard)",
+                                            "at": round(self.clock() - self.started, 3)})
+                        self.say(f"fence: the guard killed {self.name}'s process group: no renewal reached it "
+                                 f"within {self.opts.schedule.kill_at:g}s")
         self._act(self.clock(), running=False)
         if code is not None:
             return code
@@ -389,6 +405,17 @@ class Runner:
         if guard_status is not None and os.WIFSIGNALED(guard_status):
             return 128 + os.WTERMSIG(guard_status)
         return 1
+
+    def _tell_guard(self, last_ok: float) -> None:
+        """From the heartbeat thread, after each successful renewal: the guard's new deadline (the
+        fence's SIGKILL time). One short write to a pipe: atomic, never blocks."""
+        if self.guard is None or self._told is None:
+            return
+        try:
+            os.write(self.guard.control, f"deadline {last_ok + self.opts.schedule.kill_at:.6f}\n".encode())
+            self._told = last_ok
+        except OSError:
+            pass  # a full pipe (a guard that reads nothing) or a guard that is gone: the report pipe says
 
     def _group_empty(self) -> bool:
         """No process is left in the command's group (a subreaper or a namespace already waited
