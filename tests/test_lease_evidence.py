@@ -39,6 +39,9 @@ T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)  # the lock's Created
 LEASE = 60  # seconds
 GRACE = timedelta(minutes=2)
 SKEW = timedelta(minutes=1)
+# A run dates a new sighting after its claims scan (reaper.liveness.lease: the scan's duration on the real
+# clock is added to the injected one): waits that start at a run's own sighting are asserted with this slack.
+READ = timedelta(seconds=1)
 
 
 def create_run_state_table(ddb: Any, name: str = RUN_STATE) -> None:
@@ -205,7 +208,7 @@ def test_a_recorded_exit_is_dead_after_grace_from_the_reapers_own_first_sighting
     first = world.ask(lock(), at)
     assert first.state is ALIVE and "within the 2m grace period" in first.reason, first.reason
     assert world.ask(lock(), at + GRACE - timedelta(seconds=1)).state is ALIVE
-    later = world.ask(lock(), at + GRACE)
+    later = world.ask(lock(), at + GRACE + READ)
     assert later.state is DEAD and "exit 1" in later.reason, later.reason
     [obs] = world.observations().values()
     assert obs["ended_seen_at"]["S"].startswith("2026-11-23T12:00:00")
@@ -247,10 +250,34 @@ def test_a_counter_unchanged_for_lease_plus_grace_on_the_reapers_clock_is_dead(w
     a, b = stopped(world, first, first + timedelta(seconds=LEASE) + GRACE - timedelta(seconds=1))
     assert a.state is UNKNOWN and a.contested and "first sighting" in a.reason
     assert b.state is UNKNOWN and b.contested and "unchanged for" in b.reason, b.reason
-    c = world.ask(lock(), first + timedelta(seconds=LEASE) + GRACE)
+    c = world.ask(lock(), first + timedelta(seconds=LEASE) + GRACE + READ)
     assert c.state is DEAD and "contained and fenced" in c.reason, c.reason
     key = observation_key(WHO, T0 - timedelta(seconds=5))
     assert set(world.observations()) == {key} and key.startswith(KEY_PREFIX)
+
+
+def test_a_sighting_is_dated_after_the_runs_claims_scan(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's clock was read before its claims scan, which took 2 minutes: the counter it saw may have
+    been renewed during the scan, so the wait starts after it. Without that, the wait would be 2 minutes short."""
+    import reaper.liveness.claims as claims_module
+
+    ticks = iter([0.0, 120.0])
+
+    class SlowScan:
+        @staticmethod
+        def monotonic() -> float:
+            return next(ticks, 120.0)
+
+    monkeypatch.setattr(claims_module, "time", SlowScan)
+    world.claim()
+    first = T0 + timedelta(hours=1)
+    world.ask(lock(), first)
+    monkeypatch.undo()
+    [obs] = world.observations().values()
+    assert obs["first_seen_at"]["S"] == "2026-11-22T13:02:00.000000Z"
+    full = timedelta(seconds=LEASE) + GRACE
+    assert world.ask(lock(), first + full + READ).state is UNKNOWN
+    assert world.ask(lock(), first + timedelta(minutes=2) + full + READ).state is DEAD
 
 
 @pytest.mark.parametrize("missing,lease", [
@@ -283,7 +310,7 @@ def test_a_far_future_heartbeat_time_is_dead_only_after_the_reapers_own_lease_pl
     assert a.state is ALIVE and "in the future" in a.reason, a.reason
     b = world.ask(lock(), first + timedelta(seconds=LEASE) + GRACE - timedelta(seconds=1))
     assert b.state is ALIVE, b.reason
-    c = world.ask(lock(), first + timedelta(seconds=LEASE) + GRACE)
+    c = world.ask(lock(), first + timedelta(seconds=LEASE) + GRACE + READ)
     assert c.state is DEAD, c.reason
 
 
@@ -383,7 +410,7 @@ def test_observations_keep_to_lease_items_and_never_touch_the_run_lease(world: W
     [key] = [k for k in items if k != "run-lease"]
     obs = items[key]
     assert key == f"lease#{WHO}#2026-11-22T11:59:55.000000Z"
-    assert obs["counter"] == {"N": "3"} and obs["first_seen_at"]["S"] == "2026-11-22T13:00:00.000000Z"
+    assert obs["counter"] == {"N": "3"} and obs["first_seen_at"]["S"].startswith("2026-11-22T13:00:00.")
     assert int(obs["expires_at"]["N"]) > (T0 + timedelta(days=7)).timestamp(), "outlives the claim"
     with pytest.raises(ValueError):
         LeaseObservationStore(world.raw, RUN_STATE).get("run-lease")
@@ -458,10 +485,10 @@ def test_explain_shows_the_lease_and_the_observations_and_records_nothing(world:
                               "containment": ["pdeathsig", "subreaper"], "contained": True, "fenced": True,
                               "exclusive": True, "ended_at": "2026-11-22T12:03:00+00:00", "exit_code": 2}
     assert lease["observations"]["counter"] == 7
-    assert lease["observations"]["ended_seen_at"] == "2026-11-22T13:00:00+00:00"
+    assert lease["observations"]["ended_seen_at"].startswith("2026-11-22T13:00:00")
     text = render(doc)
     assert "lease      1m, heartbeat 7" in text and "exit 2" in text
-    assert "seen       counter 7 first seen 2026-11-22T13:00:00+00:00" in text, text
+    assert "seen       counter 7 first seen 2026-11-22T13:00:00" in text, text
     json.dumps(doc)  # --json prints this document
 
 
@@ -786,7 +813,7 @@ def killed_and_reaped(tfw: TerraformWorld, killed: str) -> None:
         then = at + timedelta(seconds=TF_LEASE) + TF_GRACE
         before = then - timedelta(seconds=1)
     assert outcome(tfw.reap(before))[0] == "kept"
-    reaped = tfw.reap(then)
+    reaped = tfw.reap(then + READ)
     assert outcome(reaped) == ("reaped", "dead"), reaped.reasons
     assert reaped.store == (f"s3:{TF_BUCKET}" if tfw.lockfile else f"dynamodb:{TF_LOCKS}")
     assert any(("exit 137" if killed == "terraform" else "contained and fenced") in r for r in reaped.reasons), reaped.reasons
@@ -837,7 +864,7 @@ def test_scenario_8_a_far_future_heartbeat_is_dead_only_after_the_reapers_own_le
     assert outcome(e) == ("kept", "alive") and any("in the future" in r for r in e.reasons), e.reasons
     lease_and_grace = timedelta(seconds=TF_LEASE) + TF_GRACE
     assert outcome(tfw.reap(at + lease_and_grace - timedelta(seconds=1))) == ("kept", "alive")
-    e = tfw.reap(at + lease_and_grace)
+    e = tfw.reap(at + lease_and_grace + READ)
     assert outcome(e) == ("reaped", "dead"), e.reasons
     assert tfw.tf.plan("v2", lock_timeout="0s").returncode == 0
 

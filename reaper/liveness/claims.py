@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -225,6 +226,7 @@ class ClaimStore:
         self._index: dict[str, list[tuple[str, Mapping[str, Any]]]] | None = None
         self._scanned = False
         self._lock = threading.Lock()
+        self.scan_seconds = 0.0  # how long this run's scan took (the lease checker dates its sightings after it)
 
     def put(self, claim: Claim) -> None:
         self.client.put_item(TableName=self.table, Item=claim.to_item())
@@ -247,7 +249,9 @@ class ClaimStore:
         with self._lock:
             if not self._scanned:
                 self._scanned = True
+                started = time.monotonic()
                 self._index = self._scan()
+                self.scan_seconds = time.monotonic() - started
             return self._index
 
     def _scan(self) -> dict[str, list[tuple[str, Mapping[str, Any]]]] | None:

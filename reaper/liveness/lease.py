@@ -121,12 +121,15 @@ def next_observation(lease: LeaseState, seen: Seen, now: datetime, observer: str
 
 
 def judge(claim: Claim, lease: LeaseState, created: datetime, now: datetime, seen: Seen, *, grace: timedelta,
-          skew: timedelta, observer: str = "") -> Verdict:
-    """The lease's answer for a lock created at ``created`` (pure: no I/O)."""
+          skew: timedelta, observer: str = "", read_at: datetime | None = None) -> Verdict:
+    """The lease's answer for a lock created at ``created`` (pure: no I/O).
+
+    ``read_at``: no earlier than when the claim was read, by the reaper's clock (default ``now``); a new
+    sighting is dated then, so that a wait never counts time before the reaper saw the counter."""
     src = SOURCE
     note = ev(src, f"claim by {claim.who}: {claim.describe()}; {describe_lease(lease)}", claim.url, "lease",
               claim.claimed_at)
-    record = next_observation(lease, seen, now, observer)
+    record = next_observation(lease, seen, max(now, read_at or now), observer)
 
     def with_note(fact: LivenessFact) -> Verdict:
         return Verdict(fact.model_copy(update={"evidence": (note, *fact.evidence)}), record)
@@ -287,7 +290,10 @@ class LeaseChecker:
             return None
         key = observation_key(claim.who, claim.claimed_at)
         seen = self._sightings(key)
-        verdict = judge(claim, claim.lease, created, now, seen, grace=self.grace, skew=self.skew, observer=self.observer)
+        # the claims table may have been read after ``now`` was taken (this run's one scan): date the sighting after it
+        read_at = now + timedelta(seconds=self.claims.scan_seconds)
+        verdict = judge(claim, claim.lease, created, now, seen, grace=self.grace, skew=self.skew, observer=self.observer,
+                        read_at=read_at)
         fact = verdict.fact
         if verdict.record is not None and self.record:
             fact = self._store(key, verdict.record, seen, claim, now, fact)
