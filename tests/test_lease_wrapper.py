@@ -822,6 +822,33 @@ def test_scenario_4_terraform_killed_while_the_wrapper_lives(case: Case, wrapped
 
 
 @pytest.mark.terraform
+@pytest.mark.parametrize("case", ["1.0.3"], indirect=True, ids=["terraform-1.0.3"])  # two processes: panicwrap
+def test_terraform_1_0_3_child_orphaned_is_waited_for(case: Case, wrapped: Any, moto_env: Any) -> None:
+    """panicwrap's parent killed: its child, which holds the lock, is orphaned and reparented to
+    the guard; the wrapper waits for it, and records the exit only once it has gone too."""
+    w = hold(case, wrapped, moto_env.endpoint)
+
+    def ppid(pid: int) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[1])
+
+    pids = case.terraform_pids()
+    parents = [p for p in pids if ppid(p) == w.group]
+    children = [p for p in pids if p not in parents]
+    assert len(parents) == 1 and len(children) == 1 and ppid(children[0]) == parents[0], pids
+    os.kill(parents[0], signal.SIGKILL)
+    assert wait_until(lambda: ppid(children[0]) != parents[0], 5)
+    time.sleep(1.0)
+    assert w.proc.poll() is None, "the wrapper must wait for the orphaned child\n" + w.stderr
+    assert case.terraform_pids() == children and case.lock() is not None
+    assert LeaseState.from_item(the_claim(case.ddb)).ended_at is None  # type: ignore[union-attr]
+    killed_at = datetime.now().astimezone()
+    os.kill(children[0], signal.SIGKILL)
+    assert w.wait(timeout=30) == 128 + signal.SIGKILL  # the command's own exit: panicwrap's parent, killed
+    lease = LeaseState.from_item(the_claim(case.ddb))
+    assert lease is not None and lease.ended_at is not None and lease.ended_at >= killed_at
+
+
+@pytest.mark.terraform
 def test_scenario_5_dynamodb_unreachable_fence_before_the_deadline(case: Case, wrapped: Any, moto_env: Any) -> None:
     proxy = TcpProxy(moto_env.port)
     try:

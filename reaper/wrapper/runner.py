@@ -315,7 +315,6 @@ class Runner:
         os.set_blocking(guard.control, False)
         if self.heartbeat is not None:
             self.heartbeat.renewed = self._tell_guard
-        if self.heartbeat is not None:
             self.heartbeat.start()
         code = self._loop(guard, wake_r)
         gone = self.clock()
