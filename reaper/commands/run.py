@@ -63,6 +63,9 @@ def run(args: argparse.Namespace, err: Any, env: Mapping[str, str] | None = None
     from ..wrapper.schedule import Shield, fence_schedule
 
     env = os.environ if env is None else env
+    if not hasattr(os, "fork"):
+        print("error: lock-reaper run needs a POSIX system (Linux, macOS): it forks a guard process", file=err)
+        return EXIT_USAGE
     argv = list(args.argv or [])
     if argv and argv[0] == "--":
         argv = argv[1:]
