@@ -367,6 +367,24 @@ def test_shield_one_interrupt_absorbs_the_rest_then_escalates() -> None:
     assert sent == [("SIGINT", 0.0), ("SIGTERM", 20.0), ("SIGKILL", 25.0)]
 
 
+def test_the_guard_is_forked_from_the_main_thread_only() -> None:
+    """PR_SET_PDEATHSIG fires when the *thread* that forked dies: a worker thread's fork is refused."""
+    from reaper.wrapper.guard import start_guard
+
+    errors: list[str] = []
+
+    def fork_from_a_thread() -> None:
+        try:
+            start_guard(["true"], {})
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    t = threading.Thread(target=fork_from_a_thread)
+    t.start()
+    t.join()
+    assert errors and "main thread" in errors[0]
+
+
 def test_claim_from_env_gives_provider_none_for_run_only(now: datetime) -> None:
     with pytest.raises(ClaimError):
         claim_from_env({}, "me@box", now)  # `claim` keeps its behaviour

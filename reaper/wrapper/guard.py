@@ -34,6 +34,7 @@ import os
 import select
 import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -59,6 +60,9 @@ class GuardHandle:
 
 def start_guard(argv: Sequence[str], env: Mapping[str, str], try_pidns: bool = True) -> GuardHandle:
     """Fork the guard (call from the main thread). It waits for ``go`` before it runs ``argv``."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("the guard is forked from the main thread: PR_SET_PDEATHSIG fires when the thread "
+                           "that forked dies, and only the main thread lives as long as the wrapper")
     ctl_r, ctl_w = os.pipe()
     rep_r, rep_w = os.pipe()
     wrapper = os.getpid()
