@@ -17,13 +17,15 @@ export JSII_DEPRECATED := quiet
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TERRAFORM_1_0_3 := $(CURDIR)/$(TF_DIR)/terraform
 
-.PHONY: help deps demo test test-fast lint synth bench bench-record clean lock
+.PHONY: help deps demo test test-fast test-arm64 lint synth bench bench-record clean lock
 
 help:
 	@echo "make demo          - run Lock Reaper against a local AWS emulator with realistic locks"
 	@echo "                     (installs only the runtime and moto[server]: requirements-demo.txt)"
 	@echo "make test          - install everything (requirements-dev.txt, CDK CLI, Terraform 1.0.3), run the whole suite"
 	@echo "make test-fast     - the suite without the real-Terraform and CDK tests"
+	@echo "make test-arm64    - the as-deployed test on the real arm64 asset under qemu-user-static, with Debian's"
+	@echo "                     arm64 python3.13 (needs root, qemu-user-static and debootstrap; see docs/arm64-emulation.md)"
 	@echo "make lint          - ruff, mypy and import-linter (the layer contracts in pyproject.toml) over reaper/ and infra/"
 	@echo "make synth         - synthesize the CDK app offline (cdk.out/)"
 	@echo "make bench         - benchmarks, writes $(BENCH_OUT) (untracked); exits 1 if a declared target fails"
@@ -73,6 +75,22 @@ lint: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not terraform and not cdk"
+
+# The real arm64 asset, run by Debian trixie's arm64 python3.13 under qemu-user-static (docs/arm64-emulation.md).
+# No test depends on it. The interpreter's packages are unpacked into ARM64_ROOT (debootstrap --foreign, no chroot).
+ARM64_ROOT := .cache/arm64-trixie
+$(ARM64_ROOT)/usr/bin/python3.13:
+	@command -v debootstrap >/dev/null || { echo "make test-arm64 needs debootstrap (apt-get install debootstrap qemu-user-static)"; exit 1; }
+	@echo "==> fetching Debian trixie's arm64 python3.13 (debootstrap --foreign) into $(ARM64_ROOT)"
+	debootstrap --foreign --arch=arm64 --variant=minbase --include=python3.13-minimal,libpython3.13-stdlib trixie $(ARM64_ROOT)
+	for deb in $(ARM64_ROOT)/var/cache/apt/archives/*.deb; do dpkg-deb -x "$$deb" $(ARM64_ROOT); done
+
+test-arm64: $(VENV)/.installed $(ARM64_ROOT)/usr/bin/python3.13
+	@command -v qemu-aarch64-static >/dev/null || { echo "make test-arm64 needs qemu-user-static (apt-get install qemu-user-static)"; exit 1; }
+	@echo "==> the as-deployed test on the arm64 asset, under qemu-aarch64-static (slow: about a minute per invocation)"
+	LOCK_REAPER_ASSET_TARGET=lambda LOCK_REAPER_ASSET_TIMEOUT=1200 \
+	LOCK_REAPER_ASSET_RUNNER="qemu-aarch64-static -L $(CURDIR)/$(ARM64_ROOT) $(CURDIR)/$(ARM64_ROOT)/usr/bin/python3.13" \
+		$(PY) -m pytest -q -rP tests/test_as_deployed.py --timeout=5400
 
 synth: $(VENV)/.installed node_modules/.installed
 	npx --no-install cdk synth --quiet
