@@ -7,6 +7,8 @@ the state object looked like right after the reap: its ETag, VersionId and
 LastModified (``HeadObject``), and where versioning is on the delete marker the reap
 left on an S3 lock file. The next scheduled runs, for a day, look again:
 
+- the store that would hold a new lock not scanned completely this run (a store error):
+  nothing is concluded, the next complete scan judges ("no new lock" needs a complete list);
 - a new lock seen for the lock path (any lock the run's scan saw there; in a versioned
   bucket also a ``<key>.tflock`` version written after the reap's delete marker):
   resolved, the item is deleted. One last look first: a state write S3 dates before
@@ -234,9 +236,10 @@ class RunWatch:
                                                 "error": summary.error})
             return self._said(summary)
         seen = {e.lock_path: e for e in report.locks}
+        complete = {st.name for st in report.stores if st.status == "ok"}  # whose scans saw every lock
         for item in items:
             try:
-                self._check(report, item, seen)
+                self._check(report, item, seen, complete)
             except Exception as exc:  # one bad item never stops the watch
                 self._unknown_item(report, item, f"watch check failed: {type(exc).__name__}: {exc}")
         for e in reaped:
@@ -299,7 +302,7 @@ class RunWatch:
             self._unknown(report, finding, f"state object unreadable at the reap: {base.detail}")
 
     # ----- the next runs ------------------------------------------------------------------------
-    def _check(self, report: RunReport, item: dict[str, Any], seen: dict[str, LockEntry]) -> None:
+    def _check(self, report: RunReport, item: dict[str, Any], seen: dict[str, LockEntry], complete: set[str]) -> None:
         summary = report.watch
         assert summary is not None
         summary.checked += 1
@@ -312,6 +315,8 @@ class RunWatch:
             return
         bucket, key = str(item.get("bucket", "")), str(item.get("state_key", ""))
         new_lock = seen.get(str(item.get("lock_path", "")))
+        if new_lock is None and not set(str(item.get("store", "")).split(" + ")) <= complete:
+            return  # the store that would hold a new lock was not scanned completely: "no new lock" is not known
         if not self.granted(bucket, key):
             if new_lock is not None:
                 self.table.delete(pk)

@@ -551,3 +551,19 @@ def test_a_write_s3_dates_after_the_reaping_run_started_by_more_than_the_skew(af
         assert report.late_writers[0].audit_ref == "s3://audit/rec.json" and table.rows == {}
     else:
         assert list(table.rows) == [f"{WATCH_PREFIX}{LOCK_PATH}#id-1"], "within the skew: recorded and watched"
+
+
+def test_no_late_writer_while_the_lock_store_could_not_be_scanned(world: World) -> None:
+    """ "No new lock seen" holds only for a complete scan: a failed lock table proves nothing."""
+    world.write_state(1)
+    world.dead_ddb_lock()
+    world.run()
+    world.write_state(2)
+    world.ddb.delete_table(TableName=LOCK_TABLE)  # the store fails: a new lock there would go unseen
+    result, metrics = world.run(mode="report")
+    assert [s["status"] for s in result["stores"] if s["name"] == f"dynamodb:{LOCK_TABLE}"] == ["error"]
+    assert result["late_writers"] == [] and metrics.value(LATE_WRITER) == 0
+    assert len(world.watch_items()) == 1, "still watched, judged by the next complete scan"
+    create_lock_table(world.ddb, LOCK_TABLE)
+    result, metrics = world.run(mode="report")
+    assert len(result["late_writers"]) == 1 and metrics.value(LATE_WRITER) == 1
