@@ -458,3 +458,16 @@ def test_a_finished_jobs_list_read_for_a_later_horizon_is_read_again_for_an_earl
         again, _ = gl.finished_jobs(7, late + timedelta(seconds=1))
         assert [j["id"] for j in again] == [6, 5, 4, 3], "a later horizon is covered by the first list: memo hit"
         assert ci.count(r"/projects/7/jobs") == 2 + 3
+
+
+def test_the_http_pool_keeps_one_connection_per_worker_and_the_scan() -> None:
+    policy = parse_policy(POLICY.format(cap=CAP, table=TABLE, bucket=BUCKET, claims=CLAIMS, org=ORG, gh="http://127.0.0.1:9/api/v3",
+                                        gl="http://127.0.0.1:9/api/v4", concurrency=3, max_calls=1000))
+    with mock_aws():
+        parts = build_components(policy, Deps(client_factory=lambda service, region=None: boto3.client(
+            service, region_name=region or "us-east-1")), sinks=False)
+    claims = next(c for c in parts.liveness.checkers if c.name == "claims")
+    pools = {id(v.gh.api.pool if hasattr(v, "gh") else v.gl.api.pool): (v.gh.api.pool if hasattr(v, "gh") else v.gl.api.pool)
+             for v in claims.verifiers.values()}  # type: ignore[attr-defined]
+    assert len(pools) == 1, "one pool for every provider"
+    assert next(iter(pools.values())).connection_pool_kw["maxsize"] == 3 + 1
