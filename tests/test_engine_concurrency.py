@@ -471,3 +471,15 @@ def test_the_http_pool_keeps_one_connection_per_worker_and_the_scan() -> None:
              for v in claims.verifiers.values()}  # type: ignore[attr-defined]
     assert len(pools) == 1, "one pool for every provider"
     assert next(iter(pools.values())).connection_pool_kw["maxsize"] == 3 + 1
+
+
+@pytest.mark.parametrize("value", [0, 65, "many"])
+def test_a_bad_concurrency_is_refused_naming_the_field_and_its_line(value: Any) -> None:
+    from reaper.policy import ConfigError
+
+    text = POLICY.format(cap=CAP, table=TABLE, bucket=BUCKET, claims=CLAIMS, org=ORG, gh="http://127.0.0.1:9/api/v3",
+                         gl="http://127.0.0.1:9/api/v4", concurrency=value, max_calls=1000)
+    with pytest.raises(ConfigError) as err:
+        parse_policy(text)
+    line = 1 + next(i for i, t in enumerate(text.splitlines()) if "concurrency:" in t)
+    assert f"line {line}: liveness.http.concurrency" in str(err.value), str(err.value)
