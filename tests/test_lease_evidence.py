@@ -744,7 +744,8 @@ def test_scenario_1_wrapped_terraform_at_its_prompt_is_kept_alive(tfw: Terraform
     first = tfw.reap(at)
     assert outcome(first) == ("kept", "unknown") and any("first sighting" in r for r in first.reasons), first.reasons
     seen = tfw.claim().lease
-    assert seen is not None and seen.contained and seen.fenced and seen.exclusive, seen
+    assert seen is not None and seen.contained and seen.fenced, seen
+    assert seen.exclusive, "another terraform of this user ran on this host during the test"
     assert w.until(lambda: tfw.claim().lease.heartbeat > seen.heartbeat, TF_LEASE), "the wrapper renews every lease/3"
     # The reaper's next run, by its clock 10 minutes later (and far past the writer's HeartbeatAt): the counter moved.
     second = tfw.reap(at + timedelta(minutes=10))
@@ -800,6 +801,8 @@ def killed_and_reaped(tfw: TerraformWorld, killed: str) -> None:
     assert plan.returncode != 0 and "Error acquiring the state lock" in plan.stdout, plan.stdout
     lease = tfw.claim().lease
     assert lease is not None and (lease.ended_at is not None) == (killed == "terraform"), lease
+    assert lease.contained and lease.fenced, lease
+    assert lease.exclusive, "another terraform of this user ran on this host during the test: the lease proves nothing"
 
     at = tfw.created() + timedelta(hours=1, minutes=1)
     first = tfw.reap(at)  # the first run sees the counter (or the exit)
