@@ -21,8 +21,9 @@ indexed locks are decided after the other stores.
 Concurrency (``liveness.http.concurrency``, default 8; 1 = one after the other): only the
 liveness checks of the judge phase run on a bounded thread pool. The pure decision is
 taken on the scanning thread, in scan order; a candidate that needs liveness is handed
-to a worker, at most ``JUDGE_WINDOW`` candidates ahead of the oldest one not yet acted
-on (memory stays bounded on a huge store). Gate, audit and execute stay on the scanning
+to a worker, at most ``JUDGE_WINDOW`` checks at a time and ``PENDING_LIMIT`` locks
+ahead of the oldest one not yet acted on (memory stays bounded on a huge store), so the
+scan reads on while the checks run. Gate, audit and execute stay on the scanning
 thread, in scan order: the delete cap, audit-before-delete and the double-lock pairing
 behave exactly as with one thread. Each store's candidates are all acted on before its
 scan is summed up.
@@ -31,6 +32,7 @@ scan is summed up.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -77,7 +79,8 @@ log = logging.getLogger("reaper")
 
 Progress = Callable[[str], None]
 
-JUDGE_WINDOW = 256  # candidates judged ahead of the oldest one not yet acted on (bounds memory and staleness)
+JUDGE_WINDOW = 256  # candidates handed to the workers and not yet checked (bounds the queue and staleness)
+PENDING_LIMIT = 2048  # locks scanned and not yet acted on, checked or not (bounds memory)
 
 
 class NoLivenessChecker:
@@ -180,7 +183,7 @@ class Reaper:
         budget = DeleteBudget(self.policy.max_deletes_per_run)
         pairs = PairIndex()
         judging = _Judging(self, lambda targets, judged: report.locks.append(self._safe_process(targets, mode, budget, judged)),
-                           self.concurrency, JUDGE_WINDOW)
+                           self.concurrency, JUDGE_WINDOW, PENDING_LIMIT)
 
         def process(targets: list[Target]) -> None:
             judging.add(targets)
@@ -389,14 +392,16 @@ class Reaper:
 class _Judging:
     """The judge phase, ahead of gate -> audit -> execute: ``act(targets, judged)`` is called for every candidate
     in the order ``add`` received them, on the calling thread; ``judged()`` returns its ``Judgement`` (or raises
-    what judging raised). With ``workers`` > 1 the liveness checks run on a thread pool, at most ``window``
-    candidates ahead of the oldest one not yet acted on; with 1, each candidate is judged and acted on at once."""
+    what judging raised). With ``workers`` > 1 the liveness checks run on a thread pool: at most ``window``
+    checks queued or running, at most ``limit`` candidates between ``add`` and ``act`` (``add`` waits past
+    either); with 1, each candidate is judged and acted on at once."""
 
     def __init__(self, reaper: Reaper, act: Callable[[list[Target], Callable[[], Judgement]], None],
-                 workers: int, window: int) -> None:
+                 workers: int, window: int, limit: int) -> None:
         self._reaper = reaper
         self._act = act
-        self._window = max(1, window)
+        self._limit = max(1, limit)
+        self._slots = threading.BoundedSemaphore(max(1, window))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lock-reaper-judge") if workers > 1 else None
         self._pending: deque[tuple[list[Target], Future[Judgement]]] = deque()
 
@@ -412,12 +417,21 @@ class _Judging:
             judged.set_exception(exc)
         else:
             if pure.decision.needs_liveness:
+                while not self._slots.acquire(timeout=0.05):  # the workers are `window` checks behind
+                    self._ready()
                 judged = self._pool.submit(self._reaper._with_liveness, pure)
+                judged.add_done_callback(lambda _: self._slots.release())
             else:
                 judged = Future()
                 judged.set_result(pure)
         self._pending.append((targets, judged))
-        while self._pending and (self._pending[0][1].done() or len(self._pending) > self._window):
+        while len(self._pending) > self._limit:
+            self._next()
+        self._ready()
+
+    def _ready(self) -> None:
+        """Act on the candidates at the head whose judgement is made."""
+        while self._pending and self._pending[0][1].done():
             self._next()
 
     def flush(self) -> None:

@@ -310,6 +310,29 @@ def test_the_cap_takes_the_first_dead_candidates_in_scan_order_even_when_they_an
     assert [(r["store"], r["key"]) for r in many.audit.records] == [(r["store"], r["key"]) for r in one.audit.records]
 
 
+def test_small_windows_bound_the_checks_in_flight_and_change_nothing(fake: FakeCI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most JUDGE_WINDOW checks queued or running and PENDING_LIMIT locks between the scan and the act."""
+    import reaper.engine as engine
+
+    locks = [lk for lk in world_locks() if lk.i < 36]
+    serve_world(fake, locks)
+    one = run_world(fake, locks, concurrency=1)
+    monkeypatch.setattr(engine, "JUDGE_WINDOW", 2)
+    monkeypatch.setattr(engine, "PENDING_LIMIT", 3)
+    acted_behind: list[int] = []
+    real_next = engine._Judging._next
+
+    def next_(self: Any) -> None:
+        acted_behind.append(len(self._pending))
+        real_next(self)
+
+    monkeypatch.setattr(engine._Judging, "_next", next_)
+    many = run_world(fake, locks, concurrency=8)
+    assert many.overlap.most == 2, "two checks at a time, not eight"
+    assert max(acted_behind) <= 4, "never more than PENDING_LIMIT + 1 locks waiting to be acted on"
+    assert many.entries == one.entries and many.remaining == one.remaining
+
+
 # ---------------------------------------------------------------------------- what the threads share
 def claimed_dead(n: int) -> list[Lock]:
     return [Lock(i, "gh_claim_dead", f"{BUCKET}/budget/svc{i}/terraform.tfstate", f"runner@fv-az{i}-1",
