@@ -291,9 +291,11 @@ class RateGate:
 
     def pause(self, until: float, reason: str) -> None:
         with self._lock:
+            news = self.paused_until is None or until > self.paused_until + 1  # several threads' answers say it at once
             self.paused_until = max(self.paused_until or 0.0, until)
             self.pause_reason = reason
-        log.warning("%s API paused until %s: %s", self.name, time.strftime("%H:%M:%SZ", time.gmtime(until)), reason)
+        if news:
+            log.warning("%s API paused until %s: %s", self.name, time.strftime("%H:%M:%SZ", time.gmtime(until)), reason)
 
     def answered(self, status: int, headers: Mapping[str, str], *, kind: str, url: str, may_wait: bool) -> float | None:
         """Note what an answer says of the rate limit. Not limited: None. Limited: the wait before
