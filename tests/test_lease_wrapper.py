@@ -499,6 +499,26 @@ def test_exclusive_false_when_another_terraform_of_this_user_runs(ddb: Any, wrap
     assert LeaseState.from_item(the_claim(ddb)).exclusive is False  # type: ignore[union-attr]
 
 
+def test_exclusive_false_in_the_exit_record_when_another_terraform_started_after_the_last_renewal(
+        ddb: Any, wrapped: Any, tmp_path: Path) -> None:
+    """A plain terraform started after the last renewal and still running at the exit: the exit record says
+    not exclusive (without it, the lease evidence would call that terraform's live lock the wrapped run's,
+    ended, hence dead)."""
+    foreign_bin = tmp_path / "terraform"
+    foreign_bin.symlink_to("/bin/sleep")
+    w = wrapped(["--lease", "30s", "--table", TABLE, "--", *py("import time; time.sleep(1.5)")])  # no renewal before the exit
+    assert w.started()["exclusive"] is True
+    foreign = subprocess.Popen([str(foreign_bin), "30"], start_new_session=True)
+    try:
+        assert w.wait() == 0
+    finally:
+        foreign.kill()
+        foreign.wait()
+    lease = LeaseState.from_item(the_claim(ddb))
+    assert lease is not None and lease.heartbeat == 0 and lease.ended_at is not None
+    assert lease.exclusive is False
+
+
 def test_foreign_terraform_ignores_the_wrapped_group_and_other_users(tmp_path: Path) -> None:
     foreign_bin = tmp_path / "terraform"
     foreign_bin.symlink_to("/bin/sleep")

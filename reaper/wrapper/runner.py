@@ -324,6 +324,10 @@ class Runner:
             hb.join(timeout=2 * s.call_timeout + 1)  # a renewal in flight took its time before this
         ended = self.wall()
         recorded = False
+        if hb is not None and hb.exclusive and self._probe():
+            # a terraform started after the last renewal and still running: the exit record must say so,
+            # or the lease evidence would take that terraform's live lock for this ended run's
+            hb.exclusive = False
         if claimed and self.table is not None:
             try:
                 self.table.end(claim, ended, code, exclusive_lost=hb is not None and not hb.exclusive
