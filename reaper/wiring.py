@@ -105,7 +105,7 @@ class _Run:
         max_age: timedelta = cfg.secret_max_age
         return cls(
             policy, deps,
-            pool=deps.pool or new_pool(ca_bundle=cfg.http.ca_bundle),
+            pool=deps.pool or new_pool(maxsize=cfg.http.concurrency + 1, ca_bundle=cfg.http.ca_bundle),  # workers + scan
             counter=deps.counter or ApiCounter(),
             secrets=SecretsSource(max_age=int(max_age.total_seconds()), client_factory=deps.client_factory),
         )

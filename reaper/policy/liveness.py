@@ -174,6 +174,11 @@ class HttpConfig(_Strict):
     rate_limit_reserve: int = Field(default=100, ge=0, le=100000, description="stop calling when this few remain")
     max_calls_per_run: int = Field(default=1000, ge=1, le=100000)
     max_pages: int = Field(default=10, ge=1, le=1000)
+    concurrency: int = Field(
+        default=8, ge=1, le=64,
+        description="liveness checks made at the same time (1: one after the other); the decisions, the cap and "
+                    "the audit-then-delete order are the same at any value",
+    )
     ca_bundle: str | None = Field(default=None, description="PEM file of extra CAs (self-hosted GitHub/GitLab)")
 
 
