@@ -16,15 +16,14 @@ account is in the organization, is for the deploy to find out (docs/many-account
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from reaper.policy import Problem
 from reaper.policy.errors import pydantic_problems
-from reaper.policy.types import Strict
+from reaper.policy.types import Strict, matching
 
 from .settings import RETENTION_DAYS, SettingsError
 
@@ -51,29 +50,19 @@ LONGEST_REGION = 16  # e.g. ap-southeast-5 is 14; kept generous for the bucket-n
 Synth = Literal["member", "central", "stackset"]
 
 
-def _named(pattern: str, what: str) -> AfterValidator:
-    rx = re.compile(pattern)
-
-    def check(v: str) -> str:
-        if not rx.fullmatch(v):
-            raise ValueError(f"{v!r} is not a valid {what}")
-        return v
-
-    return AfterValidator(check)
-
-
-OrgId = Annotated[str, _named(ORG_ID, "organization id (o- and 10 to 32 lowercase letters or digits)")]
-OuId = Annotated[str, _named(f"{OU_ID}|{ROOT_ID}", "organizational unit id (ou-xxxx-xxxxxxxx) or root id (r-xxxx)")]
-AccountId = Annotated[str, _named(ACCOUNT_ID, "AWS account id (12 digits)")]
-Region = Annotated[str, _named(REGION, "AWS region name (like eu-west-1)")]
+OrgId = Annotated[str, matching(ORG_ID, "organization id (o- and 10 to 32 lowercase letters or digits)")]
+OuId = Annotated[str, matching(f"{OU_ID}|{ROOT_ID}", "organizational unit id (ou-xxxx-xxxxxxxx) or root id (r-xxxx)")]
+AccountId = Annotated[str, matching(ACCOUNT_ID, "AWS account id (12 digits)")]
+Region = Annotated[str, matching(REGION, "AWS region name (like eu-west-1)")]
+AssetPrefix = Annotated[str, matching(ASSET_PREFIX, "asset bucket prefix (lowercase letters, digits, -)")]
 
 
 class ScanRoleSettings(Strict):
     """``member.scan_role``: the read-only role the central account assumes for ``lock-reaper scan --role-arn``."""
 
     enabled: bool = False
-    name: Annotated[str, _named(ROLE_NAME, "IAM role name")] = DEFAULT_SCAN_ROLE
-    external_id: Annotated[str, _named(EXTERNAL_ID, "STS external id (2 to 1224 of letters, digits, _+=,.@:/-)")] | None = None
+    name: Annotated[str, matching(ROLE_NAME, "IAM role name")] = DEFAULT_SCAN_ROLE
+    external_id: Annotated[str, matching(EXTERNAL_ID, "STS external id (2 to 1224 of letters, digits, _+=,.@:/-)")] | None = None
     # IAM is global: a stack set in several regions creates the role in this one only.
     region: Region | None = None
 
@@ -83,14 +72,14 @@ class MemberSettings(Strict):
 
     forward_events: bool = Field(default=False, description="forward the reaper's events and alarm changes to the central bus")
     scan_role: ScanRoleSettings = Field(default_factory=ScanRoleSettings)
-    observability_sink_arn: Annotated[str, _named(SINK_ARN, "CloudWatch observability (OAM) sink ARN")] | None = None
+    observability_sink_arn: Annotated[str, matching(SINK_ARN, "CloudWatch observability (OAM) sink ARN")] | None = None
 
 
 class CentralSettings(Strict):
     """``central``: the ops or security account's stack."""
 
-    stack_name: Annotated[str, _named(STACK_NAME, "CloudFormation stack name")] = "LockReaperCentral"
-    alert_emails: list[Annotated[str, _named(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", "email address")]] = Field(default_factory=list)
+    stack_name: Annotated[str, matching(STACK_NAME, "CloudFormation stack name")] = "LockReaperCentral"
+    alert_emails: list[Annotated[str, matching(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", "email address")]] = Field(default_factory=list)
     archive: bool = Field(default=False, description="keep an archive of the bus's Lock Reaper events (replay, audit)")
     archive_retention_days: int = Field(default=365, ge=0, description="0 keeps archived events forever")
     log_retention_days: int = 365
@@ -107,14 +96,14 @@ class CentralSettings(Strict):
 class StackSetSettings(Strict):
     """``stackset``: the member template rolled out by a service-managed stack set."""
 
-    stack_name: Annotated[str, _named(STACK_NAME, "CloudFormation stack name")] = "LockReaperStackSet"
-    stack_set_name: Annotated[str, _named(STACK_SET_NAME, "stack set name")] = "lock-reaper"
+    stack_name: Annotated[str, matching(STACK_NAME, "CloudFormation stack name")] = "LockReaperStackSet"
+    stack_set_name: Annotated[str, matching(STACK_SET_NAME, "stack set name")] = "lock-reaper"
     organizational_units: list[OuId] = Field(default_factory=list)
     regions: list[Region] = Field(default_factory=list)
     call_as: Literal["SELF", "DELEGATED_ADMIN"] = "SELF"
     admin_account: AccountId | None = None  # the management or delegated administrator account
     home_region: Region | None = None  # where the stack set (and its stack) lives
-    asset_bucket_prefix: Annotated[str, _named(ASSET_PREFIX, "asset bucket prefix (lowercase letters, digits, -)")] | None = None
+    asset_bucket_prefix: AssetPrefix | None = None
     failure_tolerance_percentage: int = Field(default=10, ge=0, le=100)
     max_concurrent_percentage: int = Field(default=25, ge=1, le=100)
     retain_stacks_on_account_removal: bool = False
@@ -128,7 +117,7 @@ class OrgSettings(Strict):
     org_id: OrgId | None = None
     central_account: AccountId | None = None
     central_region: Region | None = None
-    central_bus_name: Annotated[str, _named(BUS_NAME, "event bus name")] = DEFAULT_CENTRAL_BUS
+    central_bus_name: Annotated[str, matching(BUS_NAME, "event bus name")] = DEFAULT_CENTRAL_BUS
     member: MemberSettings = Field(default_factory=MemberSettings)
     central: CentralSettings = Field(default_factory=CentralSettings)
     stackset: StackSetSettings = Field(default_factory=StackSetSettings)

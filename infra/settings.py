@@ -23,13 +23,13 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
 from reaper.policy import ConfigError, Policy, Problem, load_policy
 from reaper.policy import env as reaper_env
 from reaper.policy.errors import format_loc, pydantic_problems
 from reaper.policy.lines import load_yaml, locate
-from reaper.policy.types import Strict
+from reaper.policy.types import Strict, matching
 
 CONTEXT_KEY = "reaper"
 CONTEXT = f"context.{CONTEXT_KEY}"  # how problems name the block
@@ -74,19 +74,7 @@ _KMS_KEY_ARN = r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/(mrk-[0-9a-f]{32}|[0-
 _DEPLOYED_ENV = {reaper_env.AUDIT_BUCKET: "audit-bucket-created-by-the-stack"}
 
 
-def _named(pattern: str, what: str) -> AfterValidator:
-    """A string that must match ``pattern`` (whole), refused as "'x' is not a valid <what>"."""
-    rx = re.compile(pattern)
-
-    def check(v: str) -> str:
-        if not rx.fullmatch(v):
-            raise ValueError(f"{v!r} is not a valid {what}")
-        return v
-
-    return AfterValidator(check)
-
-
-TableName = Annotated[str, _named(_TABLE, "DynamoDB table name")]
+TableName = Annotated[str, matching(_TABLE, "DynamoDB table name")]
 
 
 def _bucket_shorthand(v: Any) -> Any:
@@ -96,7 +84,7 @@ def _bucket_shorthand(v: Any) -> Any:
 class StateBucket(Strict):
     """A Terraform state bucket: its lock files (``*.tflock``) and, optionally, its state objects."""
 
-    bucket: Annotated[str, _named(_BUCKET, "S3 bucket name")]
+    bucket: Annotated[str, matching(_BUCKET, "S3 bucket name")]
     prefixes: list[str] = Field(default_factory=list, description="state key prefixes; empty means the whole bucket")
 
     @field_validator("prefixes")
@@ -112,13 +100,13 @@ class ReaperSettings(Strict):
     """cdk.json ``context.reaper``. Every field has a safe default."""
 
     policy_file: str = Field(default="config/policy.yaml", min_length=1)
-    stack_name: Annotated[str, _named(r"^[A-Za-z][A-Za-z0-9-]{0,127}$", "CloudFormation stack name")] = "LockReaper"
-    account: Annotated[str, _named(r"^\d{12}$", "AWS account id (12 digits)")] | None = None
-    region: Annotated[str, _named(r"^[a-z]{2}(-[a-z]+)+-\d$", "AWS region name (like eu-west-1)")] | None = None
+    stack_name: Annotated[str, matching(r"^[A-Za-z][A-Za-z0-9-]{0,127}$", "CloudFormation stack name")] = "LockReaper"
+    account: Annotated[str, matching(r"^\d{12}$", "AWS account id (12 digits)")] | None = None
+    region: Annotated[str, matching(r"^[a-z]{2}(-[a-z]+)+-\d$", "AWS region name (like eu-west-1)")] | None = None
     schedule: str = "rate(15 minutes)"
     schedule_timezone: str | None = None
     schedule_enabled: bool = True
-    alert_emails: list[Annotated[str, _named(_EMAIL, "email address")]] = Field(default_factory=list)
+    alert_emails: list[Annotated[str, matching(_EMAIL, "email address")]] = Field(default_factory=list)
     lock_tables: list[TableName] = Field(default_factory=list)
     state_buckets: list[Annotated[StateBucket, BeforeValidator(_bucket_shorthand)]] = Field(default_factory=list)
     state_activity_evidence: bool = Field(

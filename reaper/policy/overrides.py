@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from .errors import ConfigError, Problem, by_line, format_loc, pydantic_problems
 from .lines import find, load_yaml, locate
-from .types import Strict
+from .types import Strict, matching
 
 OU_ID = r"^(ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}|r-[0-9a-z]{4,32})$"
 ACCOUNT_ID = r"^\d{12}$"
@@ -51,26 +51,15 @@ NAME = r"^[a-z][a-z0-9-]{0,30}$"
 FIXED_SETTINGS = ("policy_file", "stack_name", "account", "region")
 
 
-def _matching(pattern: str, what: str) -> AfterValidator:
-    rx = re.compile(pattern)
-
-    def check(v: str) -> str:
-        if not rx.fullmatch(v):
-            raise ValueError(f"{v!r} is not a valid {what}")
-        return v
-
-    return AfterValidator(check)
-
-
 class Override(Strict):
     """One target group: the OUs and accounts it applies to, and what it changes."""
 
-    name: Annotated[str, _matching(NAME, "override name (a lowercase letter, then lowercase letters, digits or -; "
+    name: Annotated[str, matching(NAME, "override name (a lowercase letter, then lowercase letters, digits or -; "
                                          "at most 31)")]
     description: str | None = None
-    organizational_units: list[Annotated[str, _matching(OU_ID, "organizational unit id (ou-xxxx-xxxxxxxx or r-xxxx)")]] = (
+    organizational_units: list[Annotated[str, matching(OU_ID, "organizational unit id (ou-xxxx-xxxxxxxx or r-xxxx)")]] = (
         Field(default_factory=list))
-    accounts: list[Annotated[str, _matching(ACCOUNT_ID, "AWS account id (12 digits, quoted in YAML)")]] = (
+    accounts: list[Annotated[str, matching(ACCOUNT_ID, "AWS account id (12 digits, quoted in YAML)")]] = (
         Field(default_factory=list))
     policy: dict[str, Any] = Field(default_factory=dict)
     settings: dict[str, Any] = Field(default_factory=dict)

@@ -7,6 +7,7 @@ the strict base model.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -89,6 +90,18 @@ def _some_operations(v: list[str]) -> list[str]:
 
 Operations = Annotated[list[Annotated[str, AfterValidator(_operation)]], BeforeValidator(as_list),
                        AfterValidator(_some_operations)]
+
+
+def matching(pattern: str, what: str) -> AfterValidator:
+    """A string that must match ``pattern`` (whole), refused as "'x' is not a valid <what>"."""
+    rx = re.compile(pattern)
+
+    def check(v: str) -> str:
+        if not rx.fullmatch(v):
+            raise ValueError(f"{v!r} is not a valid {what}")
+        return v
+
+    return AfterValidator(check)
 
 
 def url_host(url: str) -> str:
