@@ -60,25 +60,24 @@ class LeaseTable:
                 raise
 
     def renew(self, claim: Claim, now: datetime, exclusive_lost: bool = False) -> None:
-        names = {"#w": "Who", "#hb": HEARTBEAT, "#at": HEARTBEAT_AT}
-        values: dict[str, Any] = {":one": {"N": "1"}, ":now": {"S": claim_time(now)}}
-        update = "SET #hb = #hb + :one, #at = :now"
-        if exclusive_lost:
-            names["#ex"] = EXCLUSIVE
-            values[":no"] = {"BOOL": False}
-            update += ", #ex = :no"
-        self.renew_client.update_item(TableName=self.table, Key=self.key(claim), UpdateExpression=update,
-                                      ConditionExpression="attribute_exists(#w)", ExpressionAttributeNames=names,
-                                      ExpressionAttributeValues=values)
+        self._set(self.renew_client, claim, "#hb = #hb + :one, #at = :now", {"#hb": HEARTBEAT, "#at": HEARTBEAT_AT},
+                  {":one": {"N": "1"}, ":now": {"S": claim_time(now)}}, exclusive_lost)
 
     def end(self, claim: Claim, ended: datetime, exit_code: int, exclusive_lost: bool = False) -> None:
-        names = {"#w": "Who", "#end": ENDED_AT, "#code": EXIT_CODE}
-        values: dict[str, Any] = {":end": {"S": claim_time(ended)}, ":code": {"N": str(int(exit_code))}}
-        update = "SET #end = :end, #code = :code"
+        self._set(self.client, claim, "#end = :end, #code = :code", {"#end": ENDED_AT, "#code": EXIT_CODE},
+                  {":end": {"S": claim_time(ended)}, ":code": {"N": str(int(exit_code))}}, exclusive_lost)
+
+    def _set(self, client: Any, claim: Claim, assignments: str, names: dict[str, str], values: dict[str, Any],
+             exclusive_lost: bool) -> None:
+        """``SET assignments`` on the claim, only while it exists; with ``Exclusive = false`` once another
+        terraform was seen."""
+        names, values = {"#w": "Who", **names}, dict(values)
+        update = "SET " + assignments
         if exclusive_lost:
             names["#ex"] = EXCLUSIVE
             values[":no"] = {"BOOL": False}
             update += ", #ex = :no"
-        self.client.update_item(TableName=self.table, Key=self.key(claim), UpdateExpression=update,
-                                ConditionExpression="attribute_exists(#w)", ExpressionAttributeNames=names,
-                                ExpressionAttributeValues=values)
+        client.update_item(TableName=self.table, Key=self.key(claim), UpdateExpression=update,
+                           ConditionExpression="attribute_exists(#w)", ExpressionAttributeNames=names,
+                           ExpressionAttributeValues=values)
+
