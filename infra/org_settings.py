@@ -15,8 +15,7 @@ account is in the organization, is for the deploy to find out (docs/many-account
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
@@ -25,7 +24,7 @@ from reaper.policy import Problem
 from reaper.policy.errors import pydantic_problems
 from reaper.policy.types import Strict, matching
 
-from .settings import RETENTION_DAYS, SettingsError
+from .settings import RETENTION_DAYS, SettingsError, context_object
 
 ORG_KEY = "org"
 ORG = f"context.{ORG_KEY}"  # how problems name the block
@@ -186,15 +185,7 @@ def _locate(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], int | None]:
 
 def load_org_settings(raw: Any) -> OrgSettings:
     """Validate the raw ``org`` context value (a dict, a JSON string from ``-c org=...``, or None for the defaults)."""
-    if raw is None:
-        raw = {}
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError as exc:
-            raise SettingsError([Problem(None, ORG, f"not valid JSON: {exc}")]) from None
-    if not isinstance(raw, Mapping):
-        raise SettingsError([Problem(None, ORG, f"must be an object, got {type(raw).__name__}")])
+    raw = context_object(raw, ORG)
     try:
         settings = OrgSettings.model_validate(dict(raw))
     except ValidationError as exc:

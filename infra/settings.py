@@ -235,17 +235,24 @@ def _context_locate(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], int | None]:
     return (CONTEXT, *(p for p in loc if not str(p).startswith(("function-", "list[")))), None
 
 
-def load_settings(raw: Any) -> ReaperSettings:
-    """Validate the raw ``reaper`` context value (a dict, or None for all defaults)."""
+def context_object(raw: Any, key: str) -> dict[str, Any]:
+    """A context value as a dict: None gives {}, a string (``cdk synth -c reaper='{...}'`` passes one)
+    is parsed as JSON; anything else that is not an object is refused, naming ``key``."""
     if raw is None:
         raw = {}
-    if isinstance(raw, str):  # `cdk synth -c reaper='{"schedule": ...}'` passes a string
+    if isinstance(raw, str):
         try:
             raw = json.loads(raw)
         except ValueError as exc:
-            raise SettingsError([Problem(None, CONTEXT, f"not valid JSON: {exc}")]) from None
+            raise SettingsError([Problem(None, key, f"not valid JSON: {exc}")]) from None
     if not isinstance(raw, Mapping):
-        raise SettingsError([Problem(None, CONTEXT, f"must be an object, got {type(raw).__name__}")])
+        raise SettingsError([Problem(None, key, f"must be an object, got {type(raw).__name__}")])
+    return dict(raw)
+
+
+def load_settings(raw: Any) -> ReaperSettings:
+    """Validate the raw ``reaper`` context value (a dict, or None for all defaults)."""
+    raw = context_object(raw, CONTEXT)
     try:
         return ReaperSettings.model_validate(dict(raw))
     except ValidationError as exc:
