@@ -18,13 +18,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
 from reaper.policy import Problem
 from reaper.policy.errors import pydantic_problems
 from reaper.policy.types import Strict, matching
 
-from .settings import RETENTION_DAYS, SettingsError, context_object
+from .settings import RetentionDays, SettingsError, context_object
 
 ORG_KEY = "org"
 ORG = f"context.{ORG_KEY}"  # how problems name the block
@@ -81,15 +81,8 @@ class CentralSettings(Strict):
     alert_emails: list[Annotated[str, matching(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", "email address")]] = Field(default_factory=list)
     archive: bool = Field(default=False, description="keep an archive of the bus's Lock Reaper events (replay, audit)")
     archive_retention_days: int = Field(default=365, ge=0, description="0 keeps archived events forever")
-    log_retention_days: int = 365
+    log_retention_days: RetentionDays = 365
     observability_sink: bool = Field(default=False, description="create a CloudWatch cross-account observability sink")
-
-    @field_validator("log_retention_days")
-    @classmethod
-    def _retention(cls, v: int) -> int:
-        if v not in RETENTION_DAYS:
-            raise ValueError(f"{v} is not a CloudWatch Logs retention; choose one of {sorted(RETENTION_DAYS)}")
-        return v
 
 
 class StackSetSettings(Strict):

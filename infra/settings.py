@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator
 
 from reaper.policy import ConfigError, Policy, Problem, load_policy
 from reaper.policy import env as reaper_env
@@ -59,6 +59,15 @@ RETENTION_DAYS: dict[int, str] = {
     3288: "NINE_YEARS",
     3653: "TEN_YEARS",
 }
+
+
+def _retention(v: int) -> int:
+    if v not in RETENTION_DAYS:
+        raise ValueError(f"{v} is not a CloudWatch Logs retention; choose one of {sorted(RETENTION_DAYS)}")
+    return v
+
+
+RetentionDays = Annotated[int, AfterValidator(_retention)]  # a retention CloudWatch Logs accepts
 
 _RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
 _CRON = re.compile(r"^cron\(\S+ \S+ \S+ \S+ \S+ \S+\)$")
@@ -122,7 +131,7 @@ class ReaperSettings(Strict):
         "the central account (context.org.member.forward_events)",
     )
     claims_table: TableName = "lock-reaper-claims"
-    log_retention_days: int = 90
+    log_retention_days: RetentionDays = 90
     audit_retention_days: int = Field(default=0, ge=0, description="expire audit records after N days; 0 keeps them")
     memory_mb: int = Field(default=512, ge=128, le=10240)
     timeout_minutes: int = Field(default=14, ge=1, le=15)
@@ -148,13 +157,6 @@ class ReaperSettings(Strict):
         if _CRON.match(v):
             return v
         raise ValueError(f"{v!r} is not an EventBridge Scheduler expression: use rate(15 minutes) or cron(0/15 * * * ? *)")
-
-    @field_validator("log_retention_days")
-    @classmethod
-    def _retention(cls, v: int) -> int:
-        if v not in RETENTION_DAYS:
-            raise ValueError(f"{v} is not a CloudWatch Logs retention; choose one of {sorted(RETENTION_DAYS)}")
-        return v
 
     @field_validator("ci_token_secrets")
     @classmethod
