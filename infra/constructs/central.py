@@ -231,26 +231,11 @@ class CentralDashboard(Construct):
                  rules: dict[str, events.Rule], namespace: str, cross_account_metrics: bool) -> None:
         super().__init__(scope, id)
         d = cw.Dashboard(self, "Dashboard", default_interval=Duration.days(7))
-        d.add_widgets(
-            cw.LogQueryWidget(
-                title="Events per account (reaped locks, alarm changes): the central bus's event log",
-                log_group_names=[log_group.log_group_name],
-                query_lines=EVENTS_PER_ACCOUNT_QUERY,
-                view=cw.LogQueryVisualizationType.TABLE,
-                width=24,
-                height=8,
-            )
-        )
-        d.add_widgets(
-            cw.LogQueryWidget(
-                title="Reaped locks, every account",
-                log_group_names=[log_group.log_group_name],
-                query_lines=REAPED_QUERY,
-                view=cw.LogQueryVisualizationType.TABLE,
-                width=24,
-                height=8,
-            )
-        )
+        for title, query in (("Events per account (reaped locks, alarm changes): the central bus's event log",
+                              EVENTS_PER_ACCOUNT_QUERY),
+                             ("Reaped locks, every account", REAPED_QUERY)):
+            d.add_widgets(cw.LogQueryWidget(title=title, log_group_names=[log_group.log_group_name], query_lines=query,
+                                            view=cw.LogQueryVisualizationType.TABLE, width=24, height=8))
         matched = [
             cw.Metric(namespace="AWS/Events", metric_name="MatchedEvents",
                       dimensions_map={"EventBusName": bus_name, "RuleName": r.rule_name},
